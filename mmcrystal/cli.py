@@ -1,0 +1,66 @@
+"""The one console script, ``mmcrystal``. Every command is also a plain Python function.
+
+Sub-commands are looked up lazily: ``mmcrystal --help`` imports nothing heavy; ``mmcrystal prepare --help`` imports
+only the data pipeline. Function commands are built by jsonargparse from the functions' typed signatures and
+docstrings, so ``--help`` text and the Python API never drift apart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+# name -> ("module:function", one-line summary). Summaries live here so --help needs no imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "download": ("mmcrystal.data.download:download", "fetch a public benchmark dataset (or copy it from a mirror)"),
+    "datasets": ("mmcrystal.data.registry:list_datasets", "list the datasets `download` knows"),
+    "prepare": ("mmcrystal.data.prepare:prepare", "validate records, derive modalities, write shards + manifest"),
+    "inspect": ("mmcrystal.data.inspect:inspect_prepared", "summarise a prepared folder (counts, rejects, stats)"),
+    "demo": ("mmcrystal.demo:demo", "the main job: fetch a small real dataset, prepare it, load it, report"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: mmcrystal <command> [--help] [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Every command is also a Python function, e.g. mmcrystal.data.prepare.prepare(...)."]
+    return "\n".join(lines)
+
+
+def resolve(name: str):
+    """Import and return the function behind a command."""
+    module_name, _, attr = COMMANDS[name][0].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def run_function_command(name: str, argv: list[str]):
+    from jsonargparse import CLI
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = CLI(resolve(name), args=argv, prog=f"mmcrystal {name}", as_positional=True)
+    if result is not None and not isinstance(result, dict):
+        print(result if not isinstance(result, list) else "\n".join(map(str, result)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from mmcrystal import __version__
+
+        print(__version__)
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mmcrystal: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    run_function_command(name, rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Shared fixtures: seeded RNGs, the path to the read-only public datasets, small real structures."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Real public datasets live beside the checkout (never copied into the repo). CI has them at the same place.
+SHARED_DATA = Path(os.environ.get("MMCRYSTAL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATA} (set MMCRYSTAL_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def _read_structures(path: Path, n: int):
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    frame = pd.read_csv(path, nrows=n)
+    return [Structure.from_str(cif, fmt="cif") for cif in frame["cif"]]
+
+
+@pytest.fixture(scope="session")
+def mp20_structures(shared_data):
+    """First 64 MP-20 test structures (1-20 atoms, many space groups)."""
+    return _read_structures(shared_data / "mp_20" / "test.csv.gz", 64)
+
+
+@pytest.fixture(scope="session")
+def perov_structures(shared_data):
+    """First 16 Perov-5 test structures (5-atom cubic cells)."""
+    return _read_structures(shared_data / "perov_5" / "test.csv", 16)

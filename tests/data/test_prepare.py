@@ -1,0 +1,81 @@
+"""`prepare` on real MP-20 rows: shards + manifest, counts that add up, idempotent re-runs and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmcrystal.data.prepare import PrepareConfig, prepare, prepare_sources
+from mmcrystal.data.readers import SourceSpec
+from mmcrystal.data.shards import iter_shard
+
+
+@pytest.fixture(scope="module")
+def mp20_prepared(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("mp20")
+    src = shared_data / "mp_20" / "val.csv.gz"
+    cfg = PrepareConfig(samples_per_shard=100, workers=2, limit=300)
+    manifest = prepare_sources([SourceSpec(str(src), split="val")], out, cfg, progress=False)
+    return out, manifest
+
+
+def test_counts_add_up(mp20_prepared):
+    out, manifest = mp20_prepared
+    split = manifest["splits"]["val"]
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    in_shards = [key for shard in split["shards"] for key, _ in iter_shard(str(out / shard["file"]))]
+    assert split["records_read"] == 300
+    assert len(in_shards) == split["accepted"] == sum(s["samples"] for s in split["shards"])
+    assert len(rejects) == split["rejected"]
+    assert split["accepted"] + split["rejected"] == 300
+    ids = [
+        json.loads(files["meta.json"])["id"] for s in split["shards"] for _, files in iter_shard(str(out / s["file"]))
+    ]
+    assert len(set(ids) | {r["id"] for r in rejects}) == 300
+
+
+def test_manifest_contents(mp20_prepared):
+    _, manifest = mp20_prepared
+    assert manifest["property_names"] == ["band_gap", "e_above_hull", "formation_energy_per_atom"]
+    stats = manifest["stats"]["val"]
+    assert sum(stats["num_atoms_histogram"].values()) == manifest["splits"]["val"]["accepted"]
+    assert max(int(k) for k in stats["num_atoms_histogram"]) <= 20  # MP-20: at most 20 atoms
+    assert 2 < stats["lattice"]["a"]["mean"] < 15
+    assert manifest["normalization"]["reference_split"] == "val"
+    assert manifest["sources"][0]["sha256"] and manifest["software"]["pymatgen"]
+    assert len(manifest["splits"]["val"]["shards"]) == 3
+
+
+def test_rerun_is_idempotent_and_resumes(tmp_path, shared_data):
+    src = SourceSpec(str(shared_data / "perov_5" / "test.csv"), split="test")
+    cfg = PrepareConfig(samples_per_shard=40, workers=0, limit=120)
+    first = prepare_sources([src], tmp_path, cfg, progress=False)
+    shard_bytes = {p.name: p.read_bytes() for p in tmp_path.glob("*.tar")}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")}
+    second = prepare_sources([src], tmp_path, cfg, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")} == mtimes  # nothing rewritten
+    assert first["splits"] == second["splits"]
+    # an interrupted run: one shard missing, one half-written
+    (tmp_path / "test-00001.tar").unlink()
+    (tmp_path / "test-00002.tar").write_bytes(b"truncated")
+    third = prepare_sources([src], tmp_path, cfg, progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.tar")} == shard_bytes  # deterministic bytes
+    assert third["splits"] == first["splits"]
+
+
+def test_prepare_function_with_split_syntax(tmp_path, shared_data):
+    path = shared_data / "carbon_24" / "val.csv"
+    manifest = prepare(str(tmp_path), inputs=[f"train={path}"], limit=30, workers=0, progress=False)
+    assert manifest["splits"]["train"]["accepted"] == 30
+    assert manifest["property_names"] == ["energy_per_atom"]
+
+
+def test_webdataset_reads_our_shards(mp20_prepared):
+    import webdataset as wds
+
+    out, manifest = mp20_prepared
+    url = str(out / manifest["splits"]["val"]["shards"][0]["file"])
+    sample = next(iter(wds.WebDataset(url, shardshuffle=False).decode()))
+    assert sample["z.npy"].dtype.name == "uint8" and sample["lattice.npy"].shape == (3, 3)
+    assert "id" in sample["meta.json"]
