@@ -102,35 +102,110 @@ def _open_stream(url: str):
     return open(url, "rb")  # noqa: SIM115 - closed by iter_shard
 
 
+def _tar_members(stream) -> Iterator[tuple[str, bytes]]:
+    """(name, payload) of the regular files of a tar stream.
+
+    A minimal reader of the ustar/GNU/pax layout: 512-byte headers, octal sizes, payload padded to 512 bytes. It is
+    several times faster than ``tarfile`` for the many small members of a shard (the loader's hot path).
+    """
+    long_name: str | None = None
+    while True:
+        header = stream.read(512)
+        if len(header) < 512 or header == _ZERO_BLOCK:
+            return
+        size_field = header[124:136].strip(b"\0 ")
+        size = int(size_field, 8) if size_field else 0
+        payload = stream.read(size)
+        if len(payload) < size:
+            raise OSError(f"truncated tar member ({len(payload)} of {size} bytes)")
+        stream.read((-size) % 512)
+        kind = header[156:157]
+        if kind == b"L":  # GNU long name for the next member
+            long_name = payload.rstrip(b"\0").decode()
+            continue
+        if kind == b"x":  # pax extended header; only the path matters here
+            for line in payload.decode().splitlines():
+                key, _, value = line.partition(" ")[2].partition("=")
+                if key == "path":
+                    long_name = value
+            continue
+        if kind not in (b"0", b"\0", b"7"):
+            long_name = None
+            continue
+        name = long_name or _header_name(header)
+        long_name = None
+        yield name, payload
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def _header_name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0].decode()
+    prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
 def iter_shard(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Stream (key, {extension: bytes}) samples from a local path or URL (http(s)://, pipe:, ...)."""
     stream = _open_stream(url)
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            key, files = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.rsplit("/", 1)[-1]
-                sample_key, _, ext = name.partition(".")
-                if sample_key != key:
-                    if key is not None:
-                        yield key, files
-                    key, files = sample_key, {}
-                files[ext] = tar.extractfile(member).read()
-            if key is not None:
-                yield key, files
+        key, files = None, {}
+        for name, payload in _tar_members(stream):
+            base = name.rsplit("/", 1)[-1]
+            sample_key, _, ext = base.partition(".")
+            if sample_key != key:
+                if key is not None:
+                    yield key, files
+                key, files = sample_key, {}
+            files[ext] = payload
+        if key is not None:
+            yield key, files
+    except OSError as exc:
+        raise OSError(f"{url}: {exc}") from exc
     finally:
         stream.close()
 
 
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+
+
+def _load_npy(payload: bytes) -> np.ndarray:
+    """Decode .npy bytes. Headers repeat across samples, so they are parsed once and cached (np.load parses
+    every header with ``ast.literal_eval``, which dominated loading time)."""
+    if payload[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy payload")
+    major = payload[6]
+    if major == 1:
+        header_len, start = int.from_bytes(payload[8:10], "little"), 10
+    else:
+        header_len, start = int.from_bytes(payload[8:12], "little"), 12
+    header = payload[start : start + header_len]
+    parsed = _NPY_HEADERS.get(header)
+    if parsed is None:
+        info = (
+            np.lib.format.read_array_header_1_0(io.BytesIO(payload[8:]), max_header_size=100_000)
+            if major == 1
+            else np.lib.format.read_array_header_2_0(io.BytesIO(payload[8:]), max_header_size=100_000)
+        )
+        shape, fortran, dtype = info
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed in shards")
+        parsed = (dtype, shape, fortran, start + header_len)
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[header] = parsed
+    dtype, shape, fortran, offset = parsed
+    array = np.frombuffer(payload, dtype=dtype, offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
 def decode_sample(files: dict[str, bytes], fields: tuple[str, ...] = _ARRAY_FIELDS) -> dict:
-    """Bytes of one sample -> dict with ``meta`` (dict) and numpy arrays for the requested fields present."""
+    """Bytes of one sample -> dict with ``meta`` (dict) and numpy arrays (read-only views) for the fields present."""
     out = {"meta": json.loads(files["meta.json"])}
     for name in fields:
         payload = files.get(f"{name}.npy")
         if payload is not None:
-            out[name] = np.load(io.BytesIO(payload), allow_pickle=False)
+            out[name] = _load_npy(payload)
     return out
 
 
