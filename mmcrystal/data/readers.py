@@ -367,6 +367,13 @@ def _read_jsonl(spec: SourceSpec) -> Iterator[RawRecord]:
             for i, item in enumerate(items):
                 yield _json_record(item, f"{spec.path}:item {i + 1}", f"{stem}-{i}")
             return
+        if first == "{":
+            text = first + handle.read()
+            table = _split_orient_table(text)
+            if table is not None:  # a pandas "split"-orient table (robocrys' mineral database)
+                yield from _split_table_records(table, spec.path)
+                return
+            handle = io.StringIO(text[1:])
         lineno = 0
         try:
             for lineno, line in enumerate(_prepend(first, handle), start=1):
@@ -410,6 +417,50 @@ def _json_record(item, location: str, default_id: str) -> RawRecord:
         if not isinstance(rec.properties, dict):
             rec.error = ("malformed_record", "'properties' is not an object")
         return rec
+    if {"lattice", "coordinates", "atom_array"} <= item.keys():  # AFLOW records of yanxon/RDF
+        return _aflow_record(item, location, default_id)
     if "lattice" in item and "sites" in item:  # a bare pymatgen Structure dict
         return RawRecord(_clean_id(item.get("properties", {}).get("id", default_id)), location, structure_dict=item)
     return RawRecord(default_id, location, error=("malformed_record", "object has no 'structure', 'cif' or 'sites'"))
+
+
+def _split_orient_table(text: str) -> dict | None:
+    """Parse ``{"columns": [...], "index": [...], "data": [[...], ...]}`` (one JSON object), else None."""
+    if '"columns"' not in text[:2000] or '"data"' not in text:
+        return None
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return table if isinstance(table, dict) and {"columns", "data"} <= table.keys() else None
+
+
+def _split_table_records(table: dict, path: str) -> Iterator[RawRecord]:
+    columns = table["columns"]
+    index = table.get("index") or list(range(len(table["data"])))
+    for row_no, (key, row) in enumerate(zip(index, table["data"], strict=True), start=1):
+        item = dict(zip(columns, row, strict=False))
+        # the index (AFLOW prototype labels) repeats across minerals, so the mineral name joins the id
+        rid = item.get("id") or (f"{key}:{item['mineral']}" if item.get("mineral") else key)
+        rec = RawRecord(_clean_id(rid), f"{path}:row {row_no}")
+        if "mineral" in item and item["mineral"]:
+            rec.captions = [f"{item['mineral']} structure type"]
+        _attach_structure_payload(rec, item.get("structure"))
+        yield rec
+
+
+def _aflow_record(item: dict, location: str, default_id: str) -> RawRecord:
+    """AFLOW entry (lattice in Å, fractional coordinates, element symbols) -> RawRecord with a structure dict."""
+    props = {"formation_energy": item.get("form_energy_cell")}
+    for k, value in enumerate(item.get("dos_fermi") or []):
+        props[f"dos_fermi_{k}"] = value
+    try:
+        sites = [
+            {"species": [{"element": el, "occu": 1}], "abc": list(map(float, xyz))}
+            for el, xyz in zip(item["atom_array"], item["coordinates"], strict=True)
+        ]
+        structure = {"lattice": {"matrix": item["lattice"]}, "sites": sites}
+    except (TypeError, ValueError) as exc:
+        return RawRecord(default_id, location, error=("malformed_record", f"AFLOW entry: {exc}"))
+    rid = _clean_id(item.get("id", item.get("auid", default_id)))
+    return RawRecord(rid, location, structure_dict=structure, properties=props)

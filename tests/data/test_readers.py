@@ -103,3 +103,15 @@ def test_real_cdvae_and_chemeleon_tables(shared_data):
 )
 def test_parse_captions(cell, expected):
     assert parse_captions(cell) == expected
+
+
+def test_aflow_and_robocrys_formats(shared_data):
+    aflow = list(read_source(SourceSpec(str(shared_data / "aflow_sp_metals_dos_fermi" / "sp_metal_aflow_844.json"))))
+    assert len(aflow) == 844
+    first = validate_record(aflow[0], ValidationConfig())
+    assert len(first.structure) > 0 and "dos_fermi_6" in first.properties
+    minerals = list(read_source(SourceSpec(str(shared_data / "robocrys_mineral_prototypes" / "mineral_db.json.gz"))))
+    assert len(minerals) == len({m.id for m in minerals}) == 180
+    cinnabar = next(m for m in minerals if m.id.endswith(":Cinnabar"))
+    assert cinnabar.captions == ["Cinnabar structure type"]
+    assert validate_record(cinnabar, ValidationConfig()).structure.composition.reduced_formula == "HgS"
