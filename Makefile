@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check mmcrystal encoders tests scripts
 
 demo: setup
-	$(BIN)/mmcrystal demo --mirror "$(MIRROR)" --workdir $(WORK)
+	$(BIN)/mmcrystal demo --workdir $(WORK) $(if $(MIRROR),--mirror $(MIRROR),)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
