@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from mmcrystal.data.symmetry import crystal_system_index
+
 __all__ = ["CrystalBatch", "MultimodalBatch", "collate_samples"]
 
 
@@ -56,6 +58,8 @@ class MultimodalBatch:
         dos: (B, L_dos) float or None; ``dos_mask`` (B,) bool.
         image: (B, 1, H, W) float or None; ``image_mask`` (B,) bool.
         is_padding: (B,) bool, True for samples repeated only to give every rank the same batch count.
+        spacegroup: (B,) long international space-group number, 0 when unknown.
+        crystal_system: (B,) long index into `mmcrystal.data.symmetry.CRYSTAL_SYSTEMS`, -1 when unknown.
     """
 
     crystal: CrystalBatch
@@ -72,6 +76,8 @@ class MultimodalBatch:
     image: torch.Tensor | None
     image_mask: torch.Tensor
     is_padding: torch.Tensor
+    spacegroup: torch.Tensor
+    crystal_system: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -145,4 +151,6 @@ def collate_samples(
         image=None if image is None else image.unsqueeze(1),
         image_mask=image_mask,
         is_padding=torch.tensor([bool(s.get("is_padding", False)) for s in samples]),
+        spacegroup=torch.tensor([int(m.get("symmetry", {}).get("spacegroup", 0)) for m in metas]),
+        crystal_system=torch.tensor([crystal_system_index(m.get("symmetry", {}).get("crystal_system")) for m in metas]),
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import partial
 
 import lightning as L
@@ -18,7 +17,7 @@ from mmcrystal.data.loader import (
     seed_worker,
 )
 
-__all__ = ["DataConfig", "CrystalDataModule", "load_manifest"]
+__all__ = ["CrystalDataModule", "load_manifest"]
 
 
 def _join(root: str, name: str) -> str:
@@ -37,15 +36,14 @@ def load_manifest(root: str) -> dict:
         return json.load(handle)
 
 
-@dataclass
-class DataConfig:
-    """Where the prepared data is and how it is batched.
+class CrystalDataModule(L.LightningDataModule):
+    """Lightning data module over prepared crystal shards (the output of ``mmcrystal prepare``).
 
-    Attributes:
-        root: Folder or base URL holding ``manifest.json`` and the shards (output of ``mmcrystal prepare``).
-        shards: Explicit shard paths/URLs per split as ``split=url`` entries, instead of (or besides) a manifest;
-            their sample counts are read once at setup.
-        batch_size: Crystals per batch (per rank).
+    Args:
+        root: Folder or base URL holding ``manifest.json`` and the shards.
+        shards: Explicit shard paths/URLs as ``split=url`` entries, instead of (or besides) a manifest; their
+            sample counts are read once at setup.
+        batch_size: Crystals per training batch (per rank).
         eval_batch_size: Crystals per validation/test batch; defaults to ``batch_size``.
         num_workers: Loader worker processes per rank.
         shuffle_buffer: Samples held for shuffling in each reader slot.
@@ -53,36 +51,30 @@ class DataConfig:
         in_memory: Load whole splits into RAM (small datasets); Lightning then adds the distributed sampler.
         train_split: Split used for training.
         val_split: Split used for validation.
-        test_split: Split used for testing.
-        fields: Array fields decoded from the shards (drop modalities a run does not use to save time).
+        test_split: Split used for testing and prediction.
+        fields: Array fields decoded from the shards (leave out modalities a run does not use).
     """
 
-    root: str | None = None
-    shards: list[str] | None = None
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    num_workers: int = 0
-    shuffle_buffer: int = 1000
-    seed: int = 0
-    in_memory: bool = False
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
-    fields: tuple[str, ...] = ("z", "frac", "lattice", "xrd", "dos", "image")
-
-
-class CrystalDataModule(L.LightningDataModule):
-    """Lightning data module over prepared crystal shards.
-
-    Args:
-        config: See `DataConfig`.
-    """
-
-    def __init__(self, config: DataConfig | None = None):
+    def __init__(
+        self,
+        root: str | None = None,
+        shards: list[str] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        in_memory: bool = False,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        fields: tuple[str, ...] = ("z", "frac", "lattice", "xrd", "dos", "image"),
+    ):
         super().__init__()
-        self.config = config or DataConfig()
-        if self.config.root is None and not self.config.shards:
-            raise ValueError("CrystalDataModule needs config.root (a prepared folder/URL) or config.shards")
+        if root is None and not shards:
+            raise ValueError("CrystalDataModule needs root (a prepared folder/URL) or shards=['split=url', ...]")
+        self.save_hyperparameters()
+        self.config = self.hparams
         self.manifest: dict = {}
         self.splits: dict[str, list[ShardInfo]] = {}
 

@@ -24,6 +24,7 @@ from mmcrystal.data.readers import SourceSpec, detect_kind, read_source
 from mmcrystal.data.record import RawRecord, Rejection
 from mmcrystal.data.shards import encode_record, sha256_file, write_shard
 from mmcrystal.data.stats import DatasetStats
+from mmcrystal.data.symmetry import annotate_symmetry
 from mmcrystal.data.validation import ValidationConfig, validate_record
 
 __all__ = ["PrepareConfig", "prepare", "prepare_sources", "parse_input"]
@@ -42,6 +43,7 @@ class PrepareConfig:
         modalities: Derived modalities to add: any of ``captions``, ``xrd``, ``micrograph``.
         limit: Read at most this many records per split (smoke runs); None reads everything.
         validation: Checks every record must pass.
+        symprec: spglib tolerance (Å) for the space group and crystal system stored with every record.
     """
 
     samples_per_shard: int = 1000
@@ -49,6 +51,7 @@ class PrepareConfig:
     modalities: list[str] = field(default_factory=list)
     limit: int | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    symprec: float = 0.1
 
 
 def parse_input(text: str) -> SourceSpec:
@@ -70,6 +73,7 @@ def _process_chunk(task: dict) -> dict:
     for raw in task["records"]:
         result = validate_record(raw, cfg.validation, task["split"])
         (rejections if isinstance(result, Rejection) else accepted).append(result)
+    annotate_symmetry(accepted, cfg.symprec)
     if cfg.modalities:
         from mmcrystal.data.derive import derive_modalities
 

@@ -57,6 +57,8 @@ class CrystalRecord:
         xrd: Powder XRD intensities on the manifest's 2θ grid, shape (n_bins,), or None when absent.
         dos: Density of states on the manifest's energy grid (eV relative to E_F), shape (n_bins,), or None.
         image: Micrograph, shape (H, W) float32, or None.
+        symmetry: ``spacegroup`` (international number), ``crystal_system`` and ``symprec`` from spglib, filled
+            by prepare; empty when not computed or when spglib failed.
     """
 
     id: str
@@ -68,6 +70,7 @@ class CrystalRecord:
     xrd: np.ndarray | None = None
     dos: np.ndarray | None = None
     image: np.ndarray | None = None
+    symmetry: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ def encode_record(record: CrystalRecord) -> dict[str, bytes]:
                 "location": record.location,
                 "properties": record.properties,
                 "captions": record.captions,
+                "symmetry": record.symmetry,
             },
             ensure_ascii=False,
         ).encode(),
@@ -225,4 +226,5 @@ def record_from_sample(sample: dict) -> CrystalRecord:
         sample.get("xrd"),
         sample.get("dos"),
         None if sample.get("image") is None else sample["image"].astype(np.float32),
+        meta.get("symmetry", {}),
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mmcrystal.data.datamodule import CrystalDataModule, DataConfig
+from mmcrystal.data.datamodule import CrystalDataModule
 from mmcrystal.data.loader import ShardDataset, ShardInfo
 from mmcrystal.data.prepare import PrepareConfig, prepare_sources
 from mmcrystal.data.readers import SourceSpec
@@ -106,7 +106,7 @@ def test_datamodule_in_memory_and_streaming_agree(prepared):
     out, _ = prepared
     ids = {}
     for in_memory in (False, True):
-        dm = CrystalDataModule(DataConfig(root=str(out), batch_size=32, in_memory=in_memory, test_split="train"))
+        dm = CrystalDataModule(root=str(out), batch_size=32, in_memory=in_memory, test_split="train")
         dm.setup()
         batches = list(dm.test_dataloader())
         ids[in_memory] = sorted(m for b in batches for m in b.ids)
@@ -117,7 +117,7 @@ def test_datamodule_in_memory_and_streaming_agree(prepared):
 def test_datamodule_from_explicit_shard_list(prepared):
     out, manifest = prepared
     files = [f"train={out / s['file']}" for s in manifest["splits"]["train"]["shards"]]
-    dm = CrystalDataModule(DataConfig(shards=files, batch_size=64, test_split="train"))
+    dm = CrystalDataModule(shards=files, batch_size=64, test_split="train")
     dm.setup()
     assert sum(s.samples for s in dm.splits["train"]) == N_ROWS
     assert sum(len(b) for b in dm.test_dataloader()) == N_ROWS
