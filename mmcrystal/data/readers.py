@@ -123,7 +123,7 @@ def parse_captions(value) -> list[str]:
     if text.startswith("[") and text.endswith("]"):
         try:  # literal_eval evaluates literals only, never code
             parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             parsed = None
         if isinstance(parsed, list):
             return [str(v).strip() for v in parsed if str(v).strip()]
