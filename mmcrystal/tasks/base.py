@@ -1,0 +1,90 @@
+"""What every Lightning task shares: the optimiser recipe and checkpoint loading that unpickles nothing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from mmcrystal.config import register_config
+
+__all__ = ["OptimConfig", "build_optimizer", "TaskBase"]
+
+
+@register_config
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay.
+
+    Attributes:
+        lr: Peak learning rate.
+        weight_decay: Decoupled weight decay (not applied to biases, norms, embeddings' scales, temperatures).
+        betas: Adam betas.
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Final learning rate as a fraction of ``lr`` (cosine floor).
+        pretrained_lr_scale: Learning-rate multiplier for parameters of pretrained backbones (text models,
+            CHGNet), which tolerate only small updates.
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.05
+    pretrained_lr_scale: float = 0.1
+
+
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias") or "norm" in name.lower() or "logit" in name
+
+
+def build_optimizer(module: torch.nn.Module, cfg: OptimConfig, total_steps: int, pretrained_prefixes=()):
+    """AdamW param groups (decay / no decay x pretrained / new) and a warm-up + cosine LambdaLR."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (_no_decay(name, param), any(name.startswith(p) for p in pretrained_prefixes))
+        groups.setdefault(key, []).append(param)
+    param_groups = [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            "lr": cfg.lr * (cfg.pretrained_lr_scale if pretrained else 1.0),
+        }
+        for (no_decay, pretrained), params in groups.items()
+    ]
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    total = max(int(total_steps), 1)
+
+    def schedule(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TaskBase(L.LightningModule):
+    """Hyperparameters are stored as plain JSON-like dicts, so checkpoints load with ``weights_only=True``."""
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Load without the run folder and without unpickling arbitrary objects (``weights_only=True``)."""
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
+        )
+
+    def total_steps(self) -> int:
+        trainer = self._trainer
+        if trainer is None:
+            return 1
+        try:
+            return int(trainer.estimated_stepping_batches)
+        except Exception:  # noqa: BLE001 - infinite or unknown epoch lengths
+            return max(int(trainer.max_steps or 1), 1)
