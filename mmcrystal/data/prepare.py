@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mmcrystal.data.derive import ModalityConfig
 from mmcrystal.data.readers import SourceSpec, detect_kind, read_source
 from mmcrystal.data.record import RawRecord, Rejection
 from mmcrystal.data.shards import encode_record, sha256_file, write_shard
@@ -44,6 +45,7 @@ class PrepareConfig:
         limit: Read at most this many records per split (smoke runs); None reads everything.
         validation: Checks every record must pass.
         symprec: spglib tolerance (Å) for the space group and crystal system stored with every record.
+        modality_config: Settings of the derived modalities (XRD grid, micrograph size, captions per record).
     """
 
     samples_per_shard: int = 1000
@@ -52,6 +54,7 @@ class PrepareConfig:
     limit: int | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     symprec: float = 0.1
+    modality_config: ModalityConfig = field(default_factory=ModalityConfig)
 
 
 def parse_input(text: str) -> SourceSpec:
@@ -77,7 +80,7 @@ def _process_chunk(task: dict) -> dict:
     if cfg.modalities:
         from mmcrystal.data.derive import derive_modalities
 
-        derive_modalities(accepted, cfg.modalities, seed=task["seed"])
+        derive_modalities(accepted, cfg.modalities, cfg.modality_config)
     stats = DatasetStats()
     samples = []
     for i, record in enumerate(accepted):
@@ -281,7 +284,7 @@ def _build_manifest(sources, cfg, summaries, duplicates, read_counts) -> dict:
             **{k: v for k, v in reference.summary().items() if k in ("lattice", "properties")},
         },
         "property_names": sorted({p for s in stats.values() for p in s.properties}),
-        "modalities": modality_metadata(cfg.modalities),
+        "modalities": modality_metadata(cfg.modalities, cfg.modality_config),
     }
 
 
@@ -342,6 +345,7 @@ def prepare(
     workers: int = 2,
     limit: int | None = None,
     validation: ValidationConfig | None = None,
+    modality_config: ModalityConfig | None = None,
     progress: bool = True,
 ) -> dict:
     """Validate crystal records, derive modalities and write tar shards plus ``manifest.json`` and ``rejects.jsonl``.
@@ -359,6 +363,7 @@ def prepare(
         workers: Worker processes (0: in this process).
         limit: Read at most this many records per split.
         validation: Validation thresholds (``--validation.max_atoms 20`` ...).
+        modality_config: Settings of derived modalities (``--modality_config.xrd.n_bins 2048`` ...).
         progress: Show a progress bar.
 
     Returns:
@@ -370,6 +375,8 @@ def prepare(
     if not sources:
         raise ValueError("prepare needs inputs=[...] and/or dataset=NAME")
     cfg = PrepareConfig(samples_per_shard, workers, list(modalities or []), limit, validation or ValidationConfig())
+    if modality_config is not None:
+        cfg.modality_config = modality_config
     return prepare_sources(sources, out, cfg, progress=progress)
 
 
