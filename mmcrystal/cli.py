@@ -21,9 +21,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Lightning stages: `mmcrystal <stage> {fit,validate,test} -c recipe.yaml` (LightningCLI; see mmcrystal/train.py).
+STAGES: dict[str, str] = {
+    "align": "contrastive + cross-attention alignment of crystal, text, XRD, DOS, micrographs",
+}
+
+
 def _usage() -> str:
-    width = max(len(n) for n in COMMANDS)
-    lines = ["usage: mmcrystal <command> [--help] [options]", "", "commands:"]
+    width = max(len(n) for n in [*COMMANDS, *STAGES])
+    lines = ["usage: mmcrystal <command> [--help] [options]", "", "training stages (fit | validate | test):"]
+    lines += [f"  {name:<{width}}  {summary}" for name, summary in STAGES.items()]
+    lines += ["", "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "Every command is also a Python function, e.g. mmcrystal.data.prepare.prepare(...)."]
     return "\n".join(lines)
@@ -56,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         print(__version__)
         return
     name, rest = argv[0], argv[1:]
+    if name in STAGES:
+        from mmcrystal.train import run_stage
+
+        run_stage(name, rest)
+        return
     if name not in COMMANDS:
         print(f"mmcrystal: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)

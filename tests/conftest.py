@@ -50,3 +50,18 @@ def mp20_structures(shared_data):
 def perov_structures(shared_data):
     """First 16 Perov-5 test structures (5-atom cubic cells)."""
     return _read_structures(shared_data / "perov_5" / "test.csv", 16)
+
+
+@pytest.fixture(scope="session")
+def mp40_tiny(tmp_path_factory, shared_data):
+    """Up to 48 train + 48 val real MP-40 structures (<= 24 atoms) with their captions, prepared as shards."""
+    from mmcrystal.data.prepare import PrepareConfig, prepare_sources
+    from mmcrystal.data.readers import SourceSpec
+
+    out = tmp_path_factory.mktemp("mp40_tiny")
+    csv = str(shared_data / "mp_40_text" / "test.csv")
+    random_csv = str(shared_data / "mp_40_text" / "random_split_test.csv")
+    cfg = PrepareConfig(samples_per_shard=64, workers=0, limit=48)
+    cfg.validation.max_atoms = 24
+    prepare_sources([SourceSpec(csv, split="train"), SourceSpec(random_csv, split="val")], out, cfg, progress=False)
+    return out

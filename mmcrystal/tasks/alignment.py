@@ -67,7 +67,7 @@ class AlignmentPretraining(TaskBase):
     """Contrastive (and optionally cross-attention matching) alignment of the modalities.
 
     Args:
-        model: Encoders, latent width and temperature (`AlignmentModelConfig`).
+        network: Encoders, projection heads, latent width and temperature (`AlignmentModelConfig`).
         loss: Pairs and contrastive options (`AlignmentLossConfig`).
         optim: Optimiser and schedule (`OptimConfig`).
         fusion: Cross-attention fusion with a matching head trained on hard negatives; None to skip it.
@@ -75,20 +75,20 @@ class AlignmentPretraining(TaskBase):
 
     def __init__(
         self,
-        model: AlignmentModelConfig | None = None,
+        network: AlignmentModelConfig | None = None,
         loss: AlignmentLossConfig | None = None,
         optim: OptimConfig | None = None,
         fusion: FusionConfig | None = None,
     ):
         super().__init__()
-        model_cfg = _as_config(model, AlignmentModelConfig)
+        model_cfg = _as_config(network, AlignmentModelConfig)
         self.loss_cfg = _as_config(loss, AlignmentLossConfig)
         self.optim_cfg = _as_config(optim, OptimConfig)
         fusion_cfg = config_from_dict(fusion) if isinstance(fusion, dict) else fusion
         # plain dicts only: the checkpoint then loads with weights_only=True (no pickled classes)
         self.save_hyperparameters(
             {
-                "model": config_to_dict(model_cfg),
+                "network": config_to_dict(model_cfg),
                 "loss": config_to_dict(self.loss_cfg),
                 "optim": config_to_dict(self.optim_cfg),
                 "fusion": config_to_dict(fusion_cfg) if fusion_cfg else None,

@@ -23,7 +23,7 @@ def tiny_task(fusion: bool = False, lr: float = 3e-3) -> AlignmentPretraining:
         text=TextConfig(model_name="tiny-random"),
     )
     fusion_cfg = FusionConfig(dim=32, num_layers=1, num_heads=2) if fusion else None
-    return AlignmentPretraining(model=model, optim=OptimConfig(lr=lr, warmup_steps=1), fusion=fusion_cfg)
+    return AlignmentPretraining(network=model, optim=OptimConfig(lr=lr, warmup_steps=1), fusion=fusion_cfg)
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
@@ -115,6 +115,6 @@ def test_pairs(pairs):
                                  crystal=CSPNetConfig(hidden_dim=16, num_layers=1), text=TextConfig(model_name="tiny-random"))  # fmt: skip
     from mmcrystal.tasks.alignment import AlignmentLossConfig
 
-    task = AlignmentPretraining(model=model, loss=AlignmentLossConfig(pairs=pairs))
+    task = AlignmentPretraining(network=model, loss=AlignmentLossConfig(pairs=pairs))
     expected = {"crystal_anchored": 2, "all_pairs": 3}[pairs]
     assert len(task.pairs) == expected
