@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("mmcrystal.data.registry:list_datasets", "list the datasets `download` knows"),
     "prepare": ("mmcrystal.data.prepare:prepare", "validate records, derive modalities, write shards + manifest"),
     "inspect": ("mmcrystal.data.inspect:inspect_prepared", "summarise a prepared folder (counts, rejects, stats)"),
+    "embed": ("mmcrystal.embed:embed", "embed a prepared split with an aligned model (.npz of embeddings)"),
+    "search": ("mmcrystal.embed:search", "rank a prepared split against a caption, a CIF or a measured XRD file"),
     "demo": ("mmcrystal.demo:demo", "the main job: fetch a small real dataset, prepare it, load it, report"),
 }
 
@@ -48,8 +50,12 @@ def run_function_command(name: str, argv: list[str]):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = CLI(resolve(name), args=argv, prog=f"mmcrystal {name}", as_positional=True)
-    if result is not None and not isinstance(result, dict):
-        print(result if not isinstance(result, list) else "\n".join(map(str, result)))
+    if isinstance(result, list):
+        import json
+
+        print(json.dumps(result, indent=1, default=str))
+    elif result is not None and not isinstance(result, dict):
+        print(result)
     return result
 
 

@@ -205,7 +205,10 @@ class AlignmentPretraining(TaskBase):
         return loss
 
     def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
-        _, emb = self._step(batch, "val")
+        self._eval_step(batch, "val")
+
+    def _eval_step(self, batch: MultimodalBatch, split: str) -> None:
+        _, emb = self._step(batch, split)
         keep = ~batch.is_padding.to(self.device)
         record = {"crystal_system": batch.crystal_system.to(self.device), "keep": keep}
         if "text" in emb:
@@ -215,7 +218,16 @@ class AlignmentPretraining(TaskBase):
             record[f"{modality}_present"] = value.present
         self._val_outputs.append(record)
 
+    def test_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
     def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def _eval_epoch_end(self, split: str) -> None:
         if not self._val_outputs:
             return
         merged = {
@@ -229,7 +241,7 @@ class AlignmentPretraining(TaskBase):
         keep = merged["keep"]
         metrics = self.retrieval_and_zero_shot({k: v[keep] for k, v in merged.items()})
         for name, value in metrics.items():
-            self.log(f"val/{name}", value, rank_zero_only=True)
+            self.log(f"{split}/{name}", value, rank_zero_only=True)
 
     @torch.no_grad()
     def retrieval_and_zero_shot(self, merged: dict[str, torch.Tensor]) -> dict[str, float]:
