@@ -65,13 +65,14 @@ def derive_modalities(records: list[CrystalRecord], names: list[str], config: Mo
     if not records:
         return
     if "captions" in names:
-        from mmcrystal.modalities.captions import generate_captions
+        from mmcrystal.modalities.captions import captions_from_facts, describe_structure
 
         for record in records:
             if not record.captions:
                 symprec = record.symmetry.get("symprec", 0.1)
-                record.captions = generate_captions(
-                    record.structure, record.properties, config.captions_per_record, _seed(record.id), symprec
+                facts = describe_structure(record.structure, symprec, symmetry=record.symmetry or None)
+                record.captions = captions_from_facts(
+                    facts, record.properties, config.captions_per_record, _seed(record.id)
                 )
     if "xrd" in names:
         from mmcrystal.modalities.xrd import xrd_from_structures

@@ -33,7 +33,9 @@ def annotate_symmetry(records: list[CrystalRecord], symprec: float = 0.1, angle_
             analyzer = SpacegroupAnalyzer(record.structure, symprec=symprec, angle_tolerance=angle_tolerance)
             record.symmetry = {
                 "spacegroup": int(analyzer.get_space_group_number()),
+                "symbol": analyzer.get_space_group_symbol(),
                 "crystal_system": analyzer.get_crystal_system(),
+                "lattice_type": analyzer.get_lattice_type(),
                 "symprec": symprec,
             }
         except Exception as exc:  # noqa: BLE001 - spglib failures are counted and logged, never fatal

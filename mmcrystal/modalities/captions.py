@@ -74,25 +74,39 @@ def _bravais_lattice(lattice_type: str, symbol: str) -> str:
     return f"{_CENTERING.get(symbol[:1], 'primitive')} {lattice_type}"
 
 
-def describe_structure(structure, symprec: float = 0.1, angle_tolerance: float = 5.0) -> StructureFacts:
-    """Extract the facts of a pymatgen Structure (symmetry with spglib at ``symprec`` Å, angles in degrees)."""
+def describe_structure(
+    structure, symprec: float = 0.1, angle_tolerance: float = 5.0, symmetry: Mapping | None = None
+) -> StructureFacts:
+    """Extract the facts of a pymatgen Structure (symmetry with spglib at ``symprec`` Å, angles in degrees).
+
+    ``symmetry`` may carry labels already computed at the same tolerance (``spacegroup``, ``symbol``,
+    ``crystal_system``, ``lattice_type``, as `mmcrystal.data.symmetry.annotate_symmetry` stores them), which saves
+    a second spglib call per structure in the prepare pipeline.
+    """
     from pymatgen.core import Element
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     formula = structure.composition.reduced_formula
     symbols = tuple(dict.fromkeys(re.findall(r"[A-Z][a-z]?", formula)))
-    analyzer = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance)
-    symbol = analyzer.get_space_group_symbol()
-    lattice_type = analyzer.get_lattice_type()
+    keys = ("spacegroup", "symbol", "crystal_system", "lattice_type")
+    if symmetry is None or not all(k in symmetry for k in keys):
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        analyzer = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance)
+        symmetry = {
+            "spacegroup": int(analyzer.get_space_group_number()),
+            "symbol": analyzer.get_space_group_symbol(),
+            "crystal_system": analyzer.get_crystal_system(),
+            "lattice_type": analyzer.get_lattice_type(),
+        }
     return StructureFacts(
         reduced_formula=formula,
         elements=symbols,
         element_names=tuple(Element(s).long_name.lower() for s in symbols),
-        crystal_system=analyzer.get_crystal_system(),
-        space_group_symbol=symbol,
-        space_group_number=int(analyzer.get_space_group_number()),
-        lattice_type=lattice_type,
-        bravais_lattice=_bravais_lattice(lattice_type, symbol),
+        crystal_system=symmetry["crystal_system"],
+        space_group_symbol=symmetry["symbol"],
+        space_group_number=int(symmetry["spacegroup"]),
+        lattice_type=symmetry["lattice_type"],
+        bravais_lattice=_bravais_lattice(symmetry["lattice_type"], symmetry["symbol"]),
         num_sites=len(structure),
         density=float(structure.density),
     )

@@ -46,3 +46,16 @@ def test_provided_captions_are_kept(with_modalities, shared_data):
     dm.setup()
     batch = next(iter(dm.test_dataloader()))
     assert all(caption == prompts[mid] for mid, caption in zip(batch.ids, batch.captions, strict=True))
+
+
+def test_precomputed_symmetry_gives_the_same_captions(mp20_structures):
+    from mmcrystal.data.derive import _seed, derive_modalities
+    from mmcrystal.data.record import CrystalRecord
+    from mmcrystal.data.symmetry import annotate_symmetry
+    from mmcrystal.modalities.captions import generate_captions
+
+    records = [CrystalRecord(f"r{i}", s, {"band_gap": 1.0}) for i, s in enumerate(mp20_structures[:8])]
+    annotate_symmetry(records)
+    derive_modalities(records, ["captions"])
+    for r in records:
+        assert r.captions == generate_captions(r.structure, r.properties, 5, _seed(r.id))
