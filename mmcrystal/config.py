@@ -1,8 +1,10 @@
 """Config dataclasses <-> plain JSON dicts, so checkpoints and ``from_pretrained`` folders hold no pickled objects.
 
-Every dataclass is written as its fields plus a ``"__type__"`` tag naming the class, which lets union slots (a
-crystal encoder may be CSPNet, radius-graph or CHGNet) round-trip. Only classes registered here (all encoder
-configs and mmcrystal's own) can be rebuilt, so reading a config never imports or calls arbitrary code.
+Every dataclass is written as ``{"class_path": "module.Class", "init_args": {fields}}``, the form jsonargparse
+(and so LightningCLI, which re-reads a checkpoint's hyperparameters for ``--ckpt_path``) understands, which lets
+union slots (a crystal encoder may be CSPNet, radius-graph or CHGNet) round-trip. Only classes registered here (all
+encoder configs and mmcrystal's own) can be rebuilt, looked up by name: reading a config never imports or calls
+arbitrary code.
 """
 
 from __future__ import annotations
@@ -21,8 +23,19 @@ def register_config(cls: type) -> type:
     return cls
 
 
-def _known_types() -> dict[str, type]:
+def _known_types(module: str | None = None) -> dict[str, type]:
+    import importlib
+
     import encoders
+
+    # only this project's own modules are ever imported, to let their configs register themselves
+    if module and module.split(".")[0] in ("mmcrystal", "encoders"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    for name in ("mmcrystal.model", "mmcrystal.fusion.cross_attention", "mmcrystal.tasks.alignment"):
+        importlib.import_module(name)
 
     for name in encoders.__all__:
         obj = getattr(encoders, name)
@@ -34,10 +47,9 @@ def _known_types() -> dict[str, type]:
 def config_to_dict(value: Any) -> Any:
     """A dataclass (possibly nested, in lists/dicts) -> JSON-compatible structure with type tags."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {"__type__": type(value).__name__}
-        for f in dataclasses.fields(value):
-            out[f.name] = config_to_dict(getattr(value, f.name))
-        return out
+        cls = type(value)
+        args = {f.name: config_to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
     if isinstance(value, (list, tuple)):
         return [config_to_dict(v) for v in value]
     if isinstance(value, dict):
@@ -47,8 +59,12 @@ def config_to_dict(value: Any) -> Any:
 
 def config_from_dict(value: Any) -> Any:
     """Inverse of `config_to_dict`. Lists become tuples where the dataclass field's default is a tuple."""
+    module = None
+    if isinstance(value, dict) and "class_path" in value and set(value) <= {"class_path", "init_args"}:
+        module, _, name = value["class_path"].rpartition(".")
+        value = {"__type__": name, **(value.get("init_args") or {})}
     if isinstance(value, dict) and "__type__" in value:
-        types = _known_types()
+        types = _known_types(module)
         name = value["__type__"]
         if name not in types:
             raise ValueError(f"unknown config type {name!r}; known: {sorted(types)}")

@@ -66,8 +66,8 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _retarget_text_config(node) -> None:
     """Point every TextConfig at the folder's copy of the tokenizer/architecture, weights from safetensors."""
     if isinstance(node, dict):
-        if node.get("__type__") == "TextConfig":
-            node.update(model_name=f"@pretrained/{TEXT_FOLDER}", pretrained=False)
+        if str(node.get("class_path", "")).endswith(".TextConfig"):
+            node["init_args"].update(model_name=f"@pretrained/{TEXT_FOLDER}", pretrained=False)
         for value in node.values():
             _retarget_text_config(value)
     elif isinstance(node, list):
@@ -77,10 +77,11 @@ def _retarget_text_config(node) -> None:
 
 def _resolve_text_paths(node, folder: Path) -> None:
     if isinstance(node, dict):
-        name = node.get("model_name")
-        if node.get("__type__") == "TextConfig" and isinstance(name, str) and name.startswith("@pretrained/"):
-            node["model_name"] = str(folder / name.removeprefix("@pretrained/"))
-            node["local_files_only"] = True
+        args = node.get("init_args") or {}
+        name = args.get("model_name")
+        if str(node.get("class_path", "")).endswith(".TextConfig") and str(name).startswith("@pretrained/"):
+            args["model_name"] = str(folder / name.removeprefix("@pretrained/"))
+            args["local_files_only"] = True
         for value in node.values():
             _resolve_text_paths(value, folder)
     elif isinstance(node, list):

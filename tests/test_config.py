@@ -24,4 +24,4 @@ def test_roundtrip_with_union_slots_and_tuples():
 
 def test_unknown_type_is_refused():
     with pytest.raises(ValueError, match="unknown config type"):
-        config_from_dict({"__type__": "os.system", "command": "true"})
+        config_from_dict({"class_path": "os.system", "init_args": {"command": "true"}})
