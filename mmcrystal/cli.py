@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("mmcrystal.data.inspect:inspect_prepared", "summarise a prepared folder (counts, rejects, stats)"),
     "embed": ("mmcrystal.embed:embed", "embed a prepared split with an aligned model (.npz of embeddings)"),
     "search": ("mmcrystal.embed:search", "rank a prepared split against a caption, a CIF or a measured XRD file"),
+    "sample": ("mmcrystal.generate:sample", "generate crystals with a trained decoder, streamed to disk, resumable"),
     "demo": ("mmcrystal.demo:demo", "the main job: fetch a small real dataset, prepare it, load it, report"),
 }
 
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # Lightning stages: `mmcrystal <stage> {fit,validate,test} -c recipe.yaml` (LightningCLI; see mmcrystal/train.py).
 STAGES: dict[str, str] = {
     "align": "contrastive + cross-attention alignment of crystal, text, XRD, DOS, micrographs",
+    "diffuse": "conditional crystal diffusion decoder (text, properties, XRD, composition)",
 }
 
 

@@ -24,7 +24,10 @@ warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defi
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 # stage word -> task class
-STAGES = {"align": "mmcrystal.tasks.alignment:AlignmentPretraining"}
+STAGES = {
+    "align": "mmcrystal.tasks.alignment:AlignmentPretraining",
+    "diffuse": "mmcrystal.tasks.diffusion:CrystalDiffusion",
+}
 
 
 class ExportPretrained(L.Callback):

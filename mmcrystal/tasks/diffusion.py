@@ -1,0 +1,211 @@
+"""`CrystalDiffusion`: the Lightning task that trains the conditional crystal diffusion decoder.
+
+Thin by design: `CrystalDiffusionModel` (mmcrystal/generate.py) holds the condition encoder, denoiser and atom-count
+head; `JointDiffusion` corrupts and scores; `drop_conditions` does the classifier-free-guidance dropout. A step:
+
+    cond = condition encoder(batch) -> drop each condition with its probability
+    t ~ U[t_min, 1] per crystal; noisy, targets = corrupt(crystal, t)
+    loss = JointDiffusion.loss(denoiser(noisy, t, cond)) + w * CE(atom-count head(pooled cond), num_atoms)
+
+There is no sampling loop here (`CrystalSampler` is the only one). The denoiser's exponential moving average is
+updated after every optimiser step, validated, saved in checkpoints and exported by `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from mmcrystal.config import config_from_dict, config_to_dict
+from mmcrystal.data.batch import CrystalBatch, MultimodalBatch
+from mmcrystal.diffusion import DenoiserConfig, DiffusionConfig, NumAtomsConfig, drop_conditions
+from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionInputs
+from mmcrystal.diffusion.ema import EMA
+from mmcrystal.generate import CrystalDiffusionModel, DiffusionModelConfig, normalization_from_manifest
+from mmcrystal.pretrained import save_pretrained
+from mmcrystal.tasks.base import OptimConfig, TaskBase, build_optimizer
+
+__all__ = ["CrystalDiffusion"]
+
+LOSS_KEYS = ("loss", "loss_coords", "loss_lattice", "loss_types", "loss_num_atoms")
+
+
+def _as_config(value, cls):
+    if value is None:
+        return cls()
+    return config_from_dict(value) if isinstance(value, dict) else value
+
+
+def _without_padding(batch: MultimodalBatch) -> MultimodalBatch:
+    """Drop the samples repeated only to even out DDP ranks (`is_padding`), so each sample counts once."""
+    keep = ~batch.is_padding.to(torch.bool)
+    if bool(keep.all()):
+        return batch
+    crystal, rows = batch.crystal, keep.nonzero()[:, 0]
+    atom_keep = keep.to(crystal.batch.device)[crystal.batch]
+    num_atoms = crystal.num_atoms[keep]
+    index = torch.repeat_interleave(torch.arange(len(num_atoms), device=num_atoms.device), num_atoms)
+    changes = {"crystal": CrystalBatch(crystal.atomic_numbers[atom_keep], crystal.frac_coords[atom_keep],
+                                       crystal.lattice[keep], num_atoms, index)}  # fmt: skip
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if f.name in ("ids", "captions"):
+            changes[f.name] = [value[i] for i in rows.tolist()]
+        elif isinstance(value, torch.Tensor):
+            changes[f.name] = value[keep.to(value.device)]
+    return replace(batch, **changes)
+
+
+class CrystalDiffusion(TaskBase):
+    """Joint lattice / coordinate / atom-type diffusion conditioned on text, properties, XRD or composition.
+
+    Args:
+        denoiser: The network (`cond_dim` and `num_classes` follow `conditions` and `diffusion`).
+        diffusion: The corruption processes and loss weights (`types.fixed_composition=True` for CSP).
+        conditions: Which conditions, their encoders and classifier-free-guidance drop probabilities.
+        num_atoms: The atom-count head on the pooled condition (`cond_dim` follows `conditions`).
+        optim: Optimiser and schedule.
+        ema_decay: Decay of the denoiser's exponential moving average (validated and exported).
+        num_atoms_weight: Weight of the atom-count cross-entropy in the total loss.
+        manifest_root: Prepared dataset whose statistics to use; default: the data module's manifest at setup.
+        normalization: Dataset statistics as plain JSON (`normalization_from_manifest`); filled in at setup and
+            stored in checkpoints, so a checkpoint needs no dataset. Leave unset when training.
+        val_seed: Base seed of the validation noise (batch i uses val_seed + i), so validation losses compare.
+    """
+
+    def __init__(
+        self,
+        denoiser: DenoiserConfig | None = None,
+        diffusion: DiffusionConfig | None = None,
+        conditions: ConditionConfig | None = None,
+        num_atoms: NumAtomsConfig | None = None,
+        optim: OptimConfig | None = None,
+        ema_decay: float = 0.999,
+        num_atoms_weight: float = 1.0,
+        manifest_root: str | None = None,
+        normalization: dict | None = None,
+        val_seed: int = 0,
+    ):
+        super().__init__()
+        self.optim_cfg = _as_config(optim, OptimConfig)
+        if normalization is None and manifest_root is not None:
+            from mmcrystal.data.datamodule import load_manifest
+
+            normalization = normalization_from_manifest(load_manifest(manifest_root))
+        model_cfg = DiffusionModelConfig(
+            denoiser=_as_config(denoiser, DenoiserConfig),
+            diffusion=_as_config(diffusion, DiffusionConfig),
+            conditions=_as_config(conditions, ConditionConfig),
+            num_atoms=_as_config(num_atoms, NumAtomsConfig),
+            normalization=normalization,
+        )
+        self.model = CrystalDiffusionModel(model_cfg)
+        cfg = self.model.config  # synchronised widths
+        # plain dicts only: the checkpoint then loads with weights_only=True (no pickled classes)
+        self.save_hyperparameters(
+            {
+                "denoiser": config_to_dict(cfg.denoiser),
+                "diffusion": config_to_dict(cfg.diffusion),
+                "conditions": config_to_dict(cfg.conditions),
+                "num_atoms": config_to_dict(cfg.num_atoms),
+                "optim": config_to_dict(self.optim_cfg),
+                "ema_decay": float(ema_decay),
+                "num_atoms_weight": float(num_atoms_weight),
+                "manifest_root": manifest_root,
+                "normalization": normalization,
+                "val_seed": int(val_seed),
+            }
+        )
+        self.ema = EMA(self.model.denoiser, ema_decay)
+        self.drop_probs = cfg.conditions.drop_probs()
+        self._ema_step = -1
+
+    # ------------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        """Take the dataset statistics from the data module's manifest (once; then they live in hparams)."""
+        if self.hparams["normalization"] is not None:
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        manifest = getattr(datamodule, "manifest", None)
+        if not manifest:
+            raise ValueError(
+                "CrystalDiffusion needs dataset statistics (lattice, properties): train with "
+                "CrystalDataModule(root=<prepared folder>) or pass manifest_root / normalization"
+            )
+        self.set_normalization(normalization_from_manifest(manifest))
+
+    def set_normalization(self, normalization: dict) -> None:
+        """Adopt dataset statistics and record them in the hyperparameters (and so in every checkpoint)."""
+        self.hparams["normalization"] = normalization
+        self.model.set_normalization(normalization)
+
+    # ------------------------------------------------------------------------------------------- losses
+    def compute_losses(
+        self, batch: MultimodalBatch, generator: torch.Generator | None = None, use_ema: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The losses of one batch (keys `LOSS_KEYS`); all noise from `generator` (global RNG when None)."""
+        if self.model.normalization is None:
+            raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
+        model, crystal = self.model, batch.crystal.to(self.device)
+        inputs = ConditionInputs.from_batch(
+            batch, model.config.conditions.properties, model.conditions.config.num_elements
+        )
+        cond = drop_conditions(model.condition(inputs), self.drop_probs, generator)
+        t = model.diffusion.sample_time(crystal.num_graphs, generator, device=self.device)  # (B,)
+        noisy, targets = model.diffusion.corrupt(crystal, t, generator)
+        denoiser = self.ema.module if use_ema else model.denoiser
+        losses = model.diffusion.loss(denoiser(noisy, t, cond), targets, noisy, t)
+        width = model.num_atoms.config.cond_dim
+        pooled = cond.pooled() if cond is not None else crystal.lattice.new_zeros(crystal.num_graphs, width)
+        losses["loss_num_atoms"] = model.num_atoms.loss(model.num_atoms(pooled), crystal.num_atoms)
+        losses["loss"] = losses["loss"] + self.hparams["num_atoms_weight"] * losses["loss_num_atoms"]
+        return losses
+
+    def _log_losses(self, losses: dict[str, torch.Tensor], split: str, batch_size: int) -> None:
+        for key in LOSS_KEYS:
+            self.log(f"{split}/{key}", losses[key], batch_size=batch_size, prog_bar=key == "loss",
+                     sync_dist=split != "train")  # fmt: skip
+
+    def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch)
+        self._log_losses(losses, "train", len(batch))
+        return losses["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # once per optimiser step, not per accumulated micro-batch (global_step counts optimiser steps)
+        if self.global_step != self._ema_step:
+            self.ema.update(self.model.denoiser)
+            self._ema_step = self.global_step
+
+    def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def _eval_step(self, batch: MultimodalBatch, batch_idx: int, split: str) -> None:
+        """The training losses of the EMA denoiser, with fixed noise and fixed condition dropout per batch."""
+        batch = _without_padding(batch)
+        if len(batch) == 0:
+            return
+        generator = torch.Generator(device=self.device).manual_seed(self.hparams["val_seed"] + batch_idx)
+        self._log_losses(self.compute_losses(batch, generator, use_ema=True), split, len(batch))
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model, self.optim_cfg, self.total_steps())
+
+    # ------------------------------------------------------------------------------------------- export
+    def save_pretrained(self, folder: str | Path, extra: dict | None = None) -> Path:
+        """Write the decoder with the EMA denoiser weights, the condition encoder, the atom-count head, the
+        configs and the dataset statistics; `CrystalGenerator.from_pretrained(folder)` loads it."""
+        if self.model.normalization is None:
+            raise RuntimeError("no dataset statistics yet: nothing trained to export")
+        online = self.model.denoiser
+        self.model.denoiser = self.ema.module
+        try:
+            config = self.model.export_config()
+            return save_pretrained(self.model, config, folder, "CrystalDiffusionModel", extra)
+        finally:
+            self.model.denoiser = online
