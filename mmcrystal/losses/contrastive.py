@@ -108,19 +108,35 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of the gathered tensor and returns the local slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        dist = torch.distributed
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)  # every rank's loss depends on this rank's rows
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, keeping gradients.
 
-    ``torch.distributed.nn.all_gather`` sums the gradients of every rank's copy back into the local slice, so
-    with DDP's gradient averaging the result equals the single-process gradient on the concatenated batch
-    (checked by tests/losses/test_contrastive_ddp.py). Requires equal batch sizes on every rank, which the
-    loader guarantees for training.
+    The backward pass sums the gradients of every rank's copy of the loss into the local slice, so with DDP's
+    gradient averaging the result equals the single-process gradient on the concatenated batch (checked by
+    tests/losses/test_contrastive_ddp.py). Requires equal batch sizes on every rank, which the loader guarantees
+    for training.
     """
     if _world() == 1:
         return x
-    from torch.distributed.nn import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:

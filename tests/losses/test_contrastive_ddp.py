@@ -53,6 +53,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         p.grad /= 2
     if rank == 0:
         torch.save({"loss": loss.detach(), "grads": [p.grad for p in params]}, out)
+    dist.barrier()  # let both ranks finish their collectives before tearing the group down
     dist.destroy_process_group()
 
 
