@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("mmcrystal.data.registry:list_datasets", "list the datasets `download` knows"),
     "prepare": ("mmcrystal.data.prepare:prepare", "validate records, derive modalities, write shards + manifest"),
     "inspect": ("mmcrystal.data.inspect:inspect_prepared", "summarise a prepared folder (counts, rejects, stats)"),
+    "evaluate": ("mmcrystal.evaluation.run:evaluate", "staged evaluation of generated crystals (validity ... cost)"),
+    "evaluate-csp": ("mmcrystal.evaluation.run:evaluate_csp", "CSP match rate, RMSE, METRe and cRMSE against targets"),
     "embed": ("mmcrystal.embed:embed", "embed a prepared split with an aligned model (.npz of embeddings)"),
     "search": ("mmcrystal.embed:search", "rank a prepared split against a caption, a CIF or a measured XRD file"),
     "sample": ("mmcrystal.generate:sample", "generate crystals with a trained decoder, streamed to disk, resumable"),

@@ -22,6 +22,8 @@ __all__ = ["STAGES", "ExportPretrained", "run_stage"]
 # Our IterableDataset's __len__ is exact per rank and worker (mmcrystal/data/loader.py), so this warning is noise.
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+# `mmcrystal <stage> ...` hands LightningCLI its own argv while sys.argv holds the console script's: intended here
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 
 # stage word -> task class
 STAGES = {
