@@ -24,7 +24,6 @@ rule although they are real, so real datasets fall short of 100 % (about 88-90 %
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -106,17 +105,17 @@ def _element_data(symbol: str, oxidation_states: str) -> tuple[tuple[int, ...], 
     return tuple(int(s) for s in states), eneg
 
 
-def _pauling_ok(states: tuple[int, ...], enegs: tuple[float | None, ...]) -> bool:
-    """Cations less electronegative than anions; a missing electronegativity passes (CDVAE behaviour)."""
-    for (q1, x1), (q2, x2) in itertools.combinations(zip(states, enegs, strict=True), 2):
-        if q1 * q2 >= 0:
-            continue  # same sign or neutral: no constraint
-        if x1 is None or x2 is None:
-            return True
-        cation_x, anion_x = (x1, x2) if q1 > 0 else (x2, x1)
-        if cation_x >= anion_x:
+def _neutral_reachable(options: list[tuple[int, ...]], counts: tuple[int, ...]) -> bool:
+    """Can one oxidation state per element (from ``options``) make sum(q * n) zero? Subset-sum style dynamic
+    programme over the reachable charge totals: linear in the number of elements, where enumerating every
+    combination (as CDVAE does) grows exponentially and hangs on the 15-element compositions an untrained
+    generator produces."""
+    totals = {0}
+    for states, n in zip(options, counts, strict=True):
+        if not states:
             return False
-    return True
+        totals = {t + q * n for t in totals for q in states}
+    return 0 in totals
 
 
 @functools.lru_cache(maxsize=65536)
@@ -130,11 +129,20 @@ def _smact_valid_cached(
     data = [_element_data(s, oxidation_states) for s in symbols]
     if any(not states for states, _ in data):
         return False
-    enegs = tuple(x for _, x in data)
-    for states in itertools.product(*(d[0] for d in data)):
-        if sum(q * n for q, n in zip(states, counts, strict=True)) != 0:
-            continue
-        if not use_pauling or _pauling_ok(states, enegs):
+    enegs = [x for _, x in data]
+    if not use_pauling or any(x is None for x in enegs):
+        # CDVAE: a missing electronegativity makes the Pauling test pass (TypeError -> OK)
+        return _neutral_reachable([states for states, _ in data], counts)
+    # Pauling test (smact.pauling_test): every cation strictly less electronegative than every anion, i.e. some
+    # threshold splits them. Try each split between distinct electronegativities: below it an element may only be
+    # a cation (or 0), above it only an anion (or 0).
+    levels = sorted(set(enegs))
+    for split in range(len(levels) + 1):
+        options = [
+            tuple(q for q in states if (q >= 0 if x in levels[:split] else q <= 0))
+            for (states, _), x in zip(data, enegs, strict=True)
+        ]
+        if _neutral_reachable(options, counts):
             return True
     return False
 

@@ -88,3 +88,43 @@ def test_agrees_with_smacts_own_rule_on_mp20(shared_data):
             assert smact_valid(comp) == smact_validity(comp, oxidation_states_set="smact14"), formula
             checked += 1
     assert checked > 500
+
+
+def _brute_force_smact(symbols, counts):
+    """CDVAE's enumeration: every oxidation-state combination, neutrality, then the Pauling test."""
+    import itertools
+
+    from mmcrystal.evaluation.validity import _element_data
+
+    data = [_element_data(s, "smact14") for s in symbols]
+    enegs = [x for _, x in data]
+    for states in itertools.product(*(d for d, _ in data)):
+        if sum(q * n for q, n in zip(states, counts, strict=True)) != 0:
+            continue
+        if any(x is None for x in enegs):
+            return True
+        cations = [x for q, x in zip(states, enegs, strict=True) if q > 0]
+        anions = [x for q, x in zip(states, enegs, strict=True) if q < 0]
+        if not cations or not anions or max(cations) < min(anions):
+            return True
+    return False
+
+
+@pytest.mark.timeout(60)  # enumeration would need ~1e9 combinations for the 16-element case below and hang
+def test_dynamic_programme_equals_enumeration_and_scales():
+    import random
+
+    from mmcrystal.evaluation.validity import _smact_valid_cached
+
+    rng = random.Random(0)
+    pool = ["Li", "Na", "K", "Mg", "Ca", "Ti", "Fe", "Co", "Cu", "Zn", "Al", "Si", "N", "O", "F", "S", "Cl", "Se", "Br"]
+    agree = 0
+    for _ in range(300):
+        symbols = tuple(sorted(rng.sample(pool, rng.randint(2, 4))))
+        counts = tuple(rng.randint(1, 4) for _ in symbols)
+        got = _smact_valid_cached(symbols, counts, "smact14", True, False)
+        assert got == _brute_force_smact(symbols, counts), (symbols, counts)
+        agree += got
+    assert 0 < agree < 300  # both outcomes were exercised
+    many = tuple(sorted(pool[:16]))
+    assert _smact_valid_cached(many, tuple([1] * 16), "smact14", True, False) in (True, False)
