@@ -101,6 +101,9 @@ def demo(
     align_steps: int = 80,
     diffusion_steps: int = 150,
     prompt: str = "A cubic crystal of NaCl with space group Fm-3m (No. 225) and 2 atoms in the unit cell.",
+    target_composition: str = "NaCl",
+    target_crystal_system: str = "cubic",
+    target_space_group: int = 225,
     n_samples: int = 16,
     sample_steps: int = 50,
     workers: int = 2,
@@ -115,6 +118,9 @@ def demo(
         align_steps: Optimiser steps of the crystal-text-XRD alignment.
         diffusion_steps: Optimiser steps of the text-conditioned decoder.
         prompt: The text prompt to generate from.
+        target_composition: What the prompt asks for, checked by the evaluation's adherence stage.
+        target_crystal_system: Crystal system the prompt asks for.
+        target_space_group: Space-group number the prompt asks for.
         n_samples: Structures to generate.
         sample_steps: Reverse-diffusion steps (below 100: the few-step sampler).
         workers: Worker processes for preparation and evaluation.
@@ -138,6 +144,9 @@ def demo(
     timings["decoder_s"], t = time.perf_counter() - t, _stage(f"4/5 sample {n_samples} crystals: {prompt!r}")
     written = sample(str(decoder), str(root / "samples"), prompt=prompt, n=n_samples, steps=sample_steps, batch_size=16)
     timings["sample_s"], t = time.perf_counter() - t, _stage("5/5 staged evaluation")
+    conditions = root / "prompt_targets.csv"  # what the prompt asks for, one row per sample, for adherence
+    rows = [f"{i},{target_composition},{target_crystal_system},{target_space_group}" for i in range(n_samples)]
+    conditions.write_text("\n".join(["row,composition,crystal_system,space_group", *rows]) + "\n")
     # novelty against the whole MP-20 val file (the demo trained on its first `limit` rows); coverage and
     # Wasserstein distances against a seeded 200-structure subset of MP-20 test (fingerprints cost ~0.1 s each)
     evaluate(
@@ -145,6 +154,7 @@ def demo(
         distribution_reference=test_files, distribution_reference_max=200, split="test",
         train_split="MP-20 val (the demo's training rows) as novelty reference",
         stages=["validity", "matching", "adherence", "distribution"], dataset="mp20", workers=workers,
+        conditions=str(conditions),
         diffusion_steps=sample_steps, seed=0, plots=True, cache_dir=str(root / "evaluation_cache"),
     )  # fmt: skip
     timings["evaluate_s"] = time.perf_counter() - t
