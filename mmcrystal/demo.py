@@ -98,14 +98,14 @@ def demo(
     mirror: str | None = None,
     cache_dir: str | None = None,
     limit: int = 1500,
-    align_steps: int = 80,
-    diffusion_steps: int = 150,
+    align_steps: int = 240,
+    diffusion_steps: int = 600,
     prompt: str = "A cubic crystal of NaCl with space group Fm-3m (No. 225) and 2 atoms in the unit cell.",
     target_composition: str = "NaCl",
     target_crystal_system: str = "cubic",
     target_space_group: int = 225,
-    n_samples: int = 16,
-    sample_steps: int = 50,
+    n_samples: int = 32,
+    sample_steps: int = 100,
     workers: int = 2,
 ) -> dict:
     """Run the whole pipeline small: prepare MP-20 -> align -> train the decoder -> sample a prompt -> evaluate.
