@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_json", "write_rows_csv", "write_markdown", "make_plots"]
+__all__ = ["write_json", "write_rows_csv", "write_markdown", "make_plots", "plot_xrd_examples"]
 
 log = logging.getLogger(__name__)
 _FIRST_COLUMNS = ["row", "id", "location", "status", "skip_reason", "formula", "n_atoms", "n_elements", "density"]
@@ -103,6 +103,34 @@ def make_plots(out_dir: str | Path, rows: Sequence[dict], reference: dict | None
         ax.tick_params(axis="x", labelsize=7, rotation=90)
         save(fig, "elements.png")
     return files
+
+
+def plot_xrd_examples(out_dir: str | Path, examples: Sequence[tuple[str, Any]], name: str = "xrd_examples.png"):
+    """Simulated powder XRD (Cu Kα, 5-90° 2θ) of a few valid samples, one panel each; returns [name] or []."""
+    if not examples:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    from mmcrystal.modalities.xrd import XRDConfig, two_theta_grid, xrd_from_structures
+
+    config = XRDConfig(n_bins=2048, fwhm=0.15)
+    patterns = xrd_from_structures([s for _, s in examples], config)
+    grid = two_theta_grid(config).numpy()
+    fig, axes = plt.subplots(len(examples), 1, figsize=(7, 1.6 * len(examples)), sharex=True, squeeze=False)
+    for ax, (label, structure), pattern in zip(axes[:, 0], examples, patterns, strict=True):
+        ax.plot(grid, pattern, lw=0.8)
+        ax.set_ylabel("I / I_max", fontsize=7)
+        ax.set_title(f"{label}: {structure.composition.reduced_formula}", fontsize=8)
+    axes[-1, 0].set_xlabel("2θ (degrees, Cu Kα)")
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / name, dpi=110)
+    plt.close(fig)
+    return [name]
 
 
 def _fmt(value: Any) -> str:

@@ -34,7 +34,7 @@ from mmcrystal.evaluation.distribution import cutoffs_for
 from mmcrystal.evaluation.inputs import expand_paths, iter_sample_records, worker_pool
 from mmcrystal.evaluation.matching import ReferenceIndex, load_or_build_index
 from mmcrystal.evaluation.protocol import MatcherTolerances, ProtocolRecord, default_cache_dir
-from mmcrystal.evaluation.report import make_plots, write_json, write_markdown, write_rows_csv
+from mmcrystal.evaluation.report import make_plots, plot_xrd_examples, write_json, write_markdown, write_rows_csv
 from mmcrystal.evaluation.stability import RelaxConfig
 from mmcrystal.evaluation.validity import ValidityConfig
 
@@ -290,8 +290,26 @@ def _aggregate(cfg, results, run_info, index, cache_dir, executor, cost, extras)
     out = Path(cfg.out)
     write_rows_csv(out / "per_structure.csv", rows)
     plots = make_plots(out, rows, reference_for_plots) if cfg.plots else []
+    if cfg.plots:
+        plots += plot_xrd_examples(out, _valid_examples(cfg.samples, rows, 4))
     write_markdown(out / "report.md", metrics, protocol.as_dict(), plots)
     return {"metrics": metrics, "protocol": protocol.as_dict(), "run": run_info}
+
+
+def _valid_examples(samples: str, rows: list[dict], k: int) -> list[tuple[str, Any]]:
+    """The first ``k`` samples that passed every stage, parsed again, for the report's XRD panel."""
+    from mmcrystal.evaluation.inputs import iter_sample_records, parse_sample
+
+    wanted = {r["row"] for r in rows if r.get("status") == "ok" and r.get("valid", True)}
+    out: list[tuple[str, Any]] = []
+    for record in iter_sample_records(samples):
+        if len(out) >= k:
+            break
+        if record.index in wanted:
+            structure, _ = parse_sample(record)
+            if structure is not None:
+                out.append((record.id, structure))
+    return out
 
 
 def evaluate(

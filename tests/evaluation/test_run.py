@@ -177,3 +177,14 @@ def test_property_model_adherence_and_record(tmp_path, files):
     payload = run_evaluation(cfg, property_model=VolumePerAtomModel())
     assert payload["metrics"]["adherence"]["property_within_tol"] == {"mean": 0.5, "n": 2}
     assert payload["protocol"]["adherence"]["property_model"].endswith("VolumePerAtomModel")
+
+
+def test_report_plots_include_xrd_of_valid_samples(tmp_path, files):
+    samples, reference, _ = files
+    evaluate(
+        samples, str(tmp_path / "out"), reference=[reference], stages=["validity", "matching"], workers=0,
+        cache_dir=str(tmp_path / "cache"), plots=True,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    assert (out / "xrd_examples.png").read_bytes()[:4] == b"\x89PNG"
+    assert "xrd_examples.png" in (out / "report.md").read_text()
