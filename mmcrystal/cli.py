@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("mmcrystal.embed:embed", "embed a prepared split with an aligned model (.npz of embeddings)"),
     "search": ("mmcrystal.embed:search", "rank a prepared split against a caption, a CIF or a measured XRD file"),
     "sample": ("mmcrystal.generate:sample", "generate crystals with a trained decoder, streamed to disk, resumable"),
-    "demo": ("mmcrystal.demo:demo", "the main job: fetch a small real dataset, prepare it, load it, report"),
+    "demo": (
+        "mmcrystal.demo:demo",
+        "the main job, small: prepare MP-20, align, train a decoder, sample a prompt, evaluate",
+    ),
 }
 
 
