@@ -27,14 +27,6 @@ TINY = DenoiserConfig(hidden_dim=16, num_layers=1, num_freqs=2, time_dim=8, num_
 HEAD = NumAtomsConfig(hidden_dim=16, num_layers=2, max_atoms=12)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory, mp40_tiny):
     """An (untrained) text + band-gap decoder exported with `save_pretrained`."""

@@ -27,15 +27,6 @@ def to_batch():
     return structures_to_batch
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machines two threads made small ops much slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_orthogonal(seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """A random 3x3 orthogonal matrix with determinant -1 (a rotation combined with a reflection)."""
     gen = torch.Generator().manual_seed(seed)

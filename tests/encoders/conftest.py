@@ -19,16 +19,3 @@ def structures_to_input(structures, dtype: torch.dtype = torch.float64) -> Cryst
 def to_crystal_input():
     """The `structures_to_input` converter (fixtures are how test modules share helpers here)."""
     return structures_to_input
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Run encoder tests on one intra-op thread, restoring the setting afterwards.
-
-    On the shared 2-core machines, two torch threads competing with other processes made small ops 10-50x
-    slower (measured: the neighbour search of 16 MP-20 cells took 13 ms on one thread, 0.5 s on two).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

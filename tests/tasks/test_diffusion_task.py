@@ -22,15 +22,6 @@ from mmcrystal.tasks.diffusion import LOSS_KEYS, CrystalDiffusion, _without_padd
 TEXT = TextConfig(model_name="tiny-random")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machines two threads made small ops much slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_task(conditions=("text",), hidden: int = 32, lr: float = 3e-3, **kwargs) -> CrystalDiffusion:
     return CrystalDiffusion(
         denoiser=DenoiserConfig(hidden_dim=hidden, num_layers=2, num_freqs=4, time_dim=16, num_heads=2),
