@@ -100,8 +100,10 @@ def test_few_step_sampler_below_100_steps(decoder):
     generator = CrystalGenerator.from_pretrained(decoder)
     few, full = generator.sampler(50, 2.0, 8).config, generator.sampler(1000, {"text": 1.5}, 8).config
     assert few.num_steps == 50 and few.lattice_eta == 0.0 and few.guidance.scale == 2.0
+    assert few.guidance.mode == "joint" and few.guidance.always == []
     assert full.num_steps == 1000 and full.lattice_eta == 1.0 and full.corrector_steps == 1
-    assert full.guidance.mode == "per_condition" and full.guidance.scales == {"text": 1.5}
+    # a mapping scales the named conditions; the other given ones (here all of the model's) stay at 1
+    assert full.guidance.mode == "per_condition" and full.guidance.scales == {"text": 1.5, "properties": 1.0}
 
 
 def test_requests_the_model_cannot_honour_raise(decoder):
@@ -115,7 +117,7 @@ def test_requests_the_model_cannot_honour_raise(decoder):
 
 
 def _snapshot(out) -> dict[str, str]:
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "progress.json")
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("progress.json", "manifest.json"))
     return {str(p.relative_to(out)): p.read_text() for p in files}
 
 
@@ -164,7 +166,30 @@ def test_interrupted_run_resumes_and_completes(decoder, tmp_path):
 def test_sample_through_the_console_script(decoder, tmp_path):
     from mmcrystal.cli import main
 
-    main(["sample", str(decoder), str(tmp_path / "cli"), "--prompt", "a cubic crystal", "--n", "2",
-          "--batch_size", "2", "--steps", "2", "--properties", '{"band_gap": 0.5}'])  # fmt: skip
-    lines = (tmp_path / "cli" / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[1])["conditions"]["properties"] == {"band_gap": 0.5}
+    main(["sample", "--model", str(decoder), "--out", str(tmp_path / "cli"), "--prompt", "a cubic crystal",
+          "--n", "2", "--batch_size", "2", "--steps", "2", "--properties", '{"band_gap": 0.5}',
+          "--guidance", '{"text": 3, "properties": 1.5}'])  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "cli" / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[1]["conditions"]["properties"] == {"band_gap": 0.5}
+    assert lines[0]["guidance"] == {"text": 3.0, "properties": 1.5}
+    manifest = json.loads((tmp_path / "cli" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["num_samples"] == 2 and len(manifest["batches"]) == 1
+    with pytest.raises(ValueError, match="--model"):
+        sample(out=str(tmp_path / "nothing"))
+
+
+def test_pretrained_folders_of_the_old_module_path_still_load(decoder, tmp_path):
+    """Folders written before the split record `mmcrystal.generate.DiffusionModelConfig`."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(decoder, old)
+    meta = json.loads((old / "config.json").read_text())
+    assert meta["config"]["class_path"] == "mmcrystal.generation.model.DiffusionModelConfig"
+    meta["config"]["class_path"] = "mmcrystal.generate.DiffusionModelConfig"
+    (old / "config.json").write_text(json.dumps(meta))
+    request = dict(prompt="a cubic crystal", n=2, steps=2, seed=4)
+    _same(
+        CrystalGenerator.from_pretrained(old).sample(**request),
+        CrystalGenerator.from_pretrained(decoder).sample(**request),
+    )

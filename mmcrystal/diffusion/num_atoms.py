@@ -5,11 +5,15 @@ Conditional generation needs the atom count before the first denoising step (the
 with cross-entropy; train it on the same condition dropout as the denoiser, so a zero pooled vector (nothing
 present) predicts the marginal. Without any condition, the training split's histogram of atom counts
 (`manifest["stats"][split]["num_atoms_histogram"]`) is the prior (as CDVAE and DiffCSP sample n).
+
+When a formula is known but not its number of formula units per cell, `restrict_to_multiples` keeps p(n) on the
+multiples of the formula's size only. `draw_num_atoms` draws each count from its own seed, so a crystal's count does
+not depend on which other crystals share its batch (or its rank, when sampling is distributed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +24,14 @@ from encoders.layers.mlp import MLP
 from mmcrystal.config import register_config
 from mmcrystal.diffusion.condition import Condition
 
-__all__ = ["NumAtomsConfig", "NumAtomsPredictor", "histogram_prior", "sample_num_atoms"]
+__all__ = [
+    "NumAtomsConfig",
+    "NumAtomsPredictor",
+    "draw_num_atoms",
+    "histogram_prior",
+    "restrict_to_multiples",
+    "sample_num_atoms",
+]
 
 
 @register_config
@@ -103,3 +114,28 @@ def sample_num_atoms(
     else:
         draws = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return draws + 1
+
+
+def restrict_to_multiples(probs: torch.Tensor, unit: int) -> torch.Tensor:
+    """p(n) `(max_atoms,)` over n = 1..max_atoms conditioned on n being a multiple of `unit`.
+
+    When the distribution puts (numerically) no mass on any multiple, the multiples are taken as equally likely.
+
+    Raises:
+        ValueError: if `unit` exceeds max_atoms (no multiple fits).
+    """
+    max_atoms = probs.shape[-1]
+    if unit < 1 or unit > max_atoms:
+        raise ValueError(f"a formula unit of {unit} atoms does not fit in the model's max_atoms={max_atoms}")
+    n = torch.arange(1, max_atoms + 1, device=probs.device)
+    keep = (n % unit == 0).to(torch.float64)  # (max_atoms,)
+    restricted = probs.reshape(-1).to(torch.float64) * keep
+    total = float(restricted.sum())
+    return (restricted / total if total > 0 else keep / keep.sum()).float()
+
+
+def draw_num_atoms(probs: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """One atom count per seed from `probs (max_atoms,)`, each from its own `torch.Generator` -> `(len(seeds),)` long."""
+    weights = probs.detach().reshape(-1).cpu().to(torch.float64)
+    draws = [torch.multinomial(weights, 1, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return (torch.cat(draws) + 1) if draws else torch.zeros(0, dtype=torch.long)

@@ -120,3 +120,50 @@ def test_missing_condition_contributes_nothing(setup):
     rows = noisy.batch == 1
     torch.testing.assert_close(out.coords[rows], u.coords[rows], **TOL)
     torch.testing.assert_close(out.lattice[1], u.lattice[1], **TOL)
+
+
+def test_conditions_never_dropped_stay_in_every_term(setup):
+    """`always` (drop probability 0 in training, e.g. CSP's composition): u is the model given only those."""
+    denoiser, noisy, t, cond = setup
+    with torch.no_grad():
+        base = denoiser(noisy, t, cond.only(["xrd"]))
+        full = denoiser(noisy, t, cond)
+        text_xrd = denoiser(noisy, t, cond.only(["text", "xrd"]))
+        zero = guided_denoise(denoiser, noisy, t, cond, GuidanceConfig(scale=0.0, always=["xrd"]))
+        joint = guided_denoise(denoiser, noisy, t, cond, GuidanceConfig(scale=2.0, always=["xrd"]))
+        per = GuidanceConfig(mode="per_condition", scales={"text": 3.0}, always=["xrd"])
+        per_out = guided_denoise(denoiser, noisy, t, cond, per)
+    _close(zero, base)
+    torch.testing.assert_close(joint.coords, base.coords + 2.0 * (full.coords - base.coords), **TOL)
+    torch.testing.assert_close(per_out.coords, base.coords + 3.0 * (text_xrd.coords - base.coords), **TOL)
+    torch.testing.assert_close(per_out.lattice, base.lattice + 3.0 * (text_xrd.lattice - base.lattice), **TOL)
+    with pytest.raises(ValueError, match="cannot be guided"):
+        guided_denoise(
+            denoiser, noisy, t, cond, GuidanceConfig(mode="per_condition", scales={"xrd": 1.0}, always=["xrd"])
+        )
+    with pytest.raises(ValueError, match="unknown"):
+        guided_denoise(denoiser, noisy, t, cond, GuidanceConfig(always=["image"]))
+
+
+class _BatchSizes(torch.nn.Module):
+    """Records the number of crystals of every call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.sizes = inner, []
+
+    def forward(self, noisy, t, cond=None):
+        self.sizes.append(noisy.num_crystals)
+        return self.inner(noisy, t, cond)
+
+
+def test_terms_that_vanish_for_every_sample_are_not_computed(setup):
+    denoiser, noisy, t, cond = setup
+    spy = _BatchSizes(denoiser)
+    no_xrd = cond.with_mask(~cond.group_mask("xrd").unsqueeze(0).expand_as(cond.mask))  # xrd absent everywhere
+    with torch.no_grad():
+        both = guided_denoise(spy, noisy, t, no_xrd, GuidanceConfig(mode="per_condition", scales={"text": 2, "xrd": 5}))
+        only_text = guided_denoise(denoiser, noisy, t, no_xrd, GuidanceConfig(mode="per_condition", scales={"text": 2}))
+        guided_denoise(spy, noisy, t, cond, GuidanceConfig(scale=4.0, always=list(cond.names)))
+    assert spy.sizes == [2 * 4, 4]  # u + text (xrd's term is zero); joint over 'always' only: one pass of u
+    _close(both, only_text)

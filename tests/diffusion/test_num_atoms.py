@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmcrystal.diffusion import Condition, NumAtomsConfig, NumAtomsPredictor, histogram_prior, sample_num_atoms
+from mmcrystal.diffusion.num_atoms import draw_num_atoms, restrict_to_multiples
 
 
 def test_histogram_prior_and_sampling_frequencies():
@@ -49,3 +50,22 @@ def test_no_condition_uses_the_histogram():
         predictor.probs(None)
     with pytest.raises(ValueError):
         predictor.loss(torch.zeros(1, 8), torch.tensor([9]))
+
+
+def test_restrict_to_multiples_and_seeded_draws():
+    probs = torch.softmax(torch.randn(20, generator=torch.Generator().manual_seed(0)), 0)
+    sevens = restrict_to_multiples(probs, 7)
+    assert torch.nonzero(sevens).flatten().tolist() == [6, 13]  # n = 7 and 14 (21 > max_atoms 20)
+    torch.testing.assert_close(sevens[[6, 13]], probs[[6, 13]] / probs[[6, 13]].sum())
+    no_mass = torch.zeros(20)
+    no_mass[0] = 1.0
+    torch.testing.assert_close(restrict_to_multiples(no_mass, 5)[[4, 9, 14, 19]], torch.full((4,), 0.25))
+    with pytest.raises(ValueError, match="max_atoms"):
+        restrict_to_multiples(probs, 21)
+    seeds = list(range(100, 400))
+    draws = draw_num_atoms(sevens, seeds)
+    assert set(draws.tolist()) == {7, 14}
+    assert torch.equal(draws[:10], draw_num_atoms(sevens, seeds[:10]))  # one stream per seed, not per call
+    assert torch.equal(draw_num_atoms(probs, seeds[5:8]), draw_num_atoms(probs, seeds)[5:8])
+    frac_seven = float((draws == 7).float().mean())
+    assert abs(frac_seven - float(sevens[6])) < 4 * (0.25 / len(seeds)) ** 0.5

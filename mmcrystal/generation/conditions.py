@@ -1,0 +1,278 @@
+"""A user's sampling request -> validated conditions: prompt, properties, composition, XRD pattern, space group, and
+the guidance scales, checked against what the model was trained on (a condition it does not know raises).
+
+    conditions = resolve_conditions(model, prompt="LiFePO4 in an orthorhombic cell", xrd="scan.xy", spacegroup="Pnma")
+    guidance = guidance_config(model, conditions, {"text": 3.0, "xrd": 1.5})
+
+Formulas in prompts (`formula_in_prompt`): a word counts as a chemical formula when it is made only of element
+symbols, counts and parentheses (Er5(Ge5Ir2)2), names at least two different real elements with whole counts, and
+is not an all-capital word without digits (FCC, BCC, HCP, DFT, BN, KI are read as acronyms: write B1N1 to mean the
+compound). Words glued to "-type" or followed by "type" / "prototype" (a NiAs-type FeS) name a structure type, not
+the compound, and are skipped. The first formula left is used; the atom-count rule that uses it is in generator.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmcrystal.diffusion.guidance import GuidanceConfig
+
+__all__ = [
+    "SampleConditions",
+    "formula_in_prompt",
+    "guidance_config",
+    "load_xrd_pattern",
+    "parse_composition",
+    "parse_guidance",
+    "parse_spacegroup",
+    "resolve_conditions",
+    "xrd_grid",
+]
+
+log = logging.getLogger(__name__)
+
+_FORMULA_WORD = re.compile(r"^(?:[A-Z][a-z]?|\d+(?:\.\d+)?|[()\[\]])+$")
+_WORD_SPLIT = re.compile(r"[\s,;:!?\"'/]+")
+_PROTOTYPE_NEXT = ("type", "prototype", "structure-type")
+
+
+@dataclass
+class SampleConditions:
+    """The conditions of one request, validated against a model.
+
+    Attributes:
+        prompt: Caption, or None.
+        properties: {name: value in manifest units}, or None.
+        composition: pymatgen `Composition` given explicitly (CSP or composition-conditioned models), or None.
+        xrd: `(L,)` float32 intensities on the model's 2θ grid, or None.
+        xrd_source: Where `xrd` came from: the file path, or "array", with a SHA-256 prefix of the values.
+        spacegroup: International space-group number 1..230, or None.
+        prompt_formula: A formula named in the prompt (`formula_in_prompt`), used for the atom count only.
+    """
+
+    prompt: str | None = None
+    properties: dict[str, float] | None = None
+    composition: Any = None
+    xrd: np.ndarray | None = None
+    xrd_source: str | None = None
+    spacegroup: int | None = None
+    prompt_formula: Any = None
+
+    def given(self) -> list[str]:
+        """Names of the conditions this request fills ("composition" also for CSP models without that condition)."""
+        values = {"text": self.prompt, "properties": self.properties, "xrd": self.xrd,
+                  "composition": self.composition, "spacegroup": self.spacegroup}  # fmt: skip
+        return [name for name, value in values.items() if value is not None]
+
+    def record(self) -> dict[str, Any]:
+        """JSON description, stored with every sample and in the run's request."""
+        return {
+            "prompt": self.prompt,
+            "properties": self.properties,
+            "composition": None if self.composition is None else self.composition.formula.replace(" ", ""),
+            "xrd": self.xrd_source,
+            "spacegroup": self.spacegroup,
+            "prompt_formula": None if self.prompt_formula is None else self.prompt_formula.reduced_formula,
+        }
+
+
+def parse_composition(formula: str, num_elements: int = 100):
+    """A pymatgen `Composition` with whole, positive atom counts of real elements up to Z = `num_elements`."""
+    from pymatgen.core import Composition
+
+    try:
+        comp = Composition(formula)
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises several types for unparsable formulas
+        raise ValueError(f"composition {formula!r} is not a chemical formula ({exc})") from None
+    if comp.num_atoms < 1 or any(abs(a - round(a)) > 1e-6 for a in comp.values()):
+        raise ValueError(f"composition {formula!r} must have whole numbers of atoms")
+    if not comp.valid:
+        raise ValueError(f"composition {formula!r} names something that is not an element")
+    beyond = [el.symbol for el in comp.elements if num_elements < el.Z]
+    if beyond:
+        raise ValueError(f"composition {formula!r} has elements beyond Z = {num_elements}: {beyond}")
+    return comp
+
+
+def formula_in_prompt(prompt: str, num_elements: int = 100):
+    """The first chemical formula a prompt names (rules in the module docstring) as a `Composition`, or None."""
+    words = [w.strip(".()[]") if w.count("(") != w.count(")") else w.rstrip(".") for w in _WORD_SPLIT.split(prompt)]
+    found = []
+    for i, word in enumerate(words):
+        core, _, suffix = word.partition("-")
+        next_word = words[i + 1].lower() if i + 1 < len(words) else ""
+        if suffix.lower().startswith("type") or next_word in _PROTOTYPE_NEXT:
+            continue  # a structure type (NiAs-type), not the compound
+        if not _FORMULA_WORD.match(core) or (core.isupper() and not any(c.isdigit() for c in core)):
+            continue
+        try:
+            comp = parse_composition(core, num_elements)
+        except ValueError:
+            continue
+        if len(comp.elements) >= 2:
+            found.append(comp)
+    if len({c.reduced_formula for c in found}) > 1:
+        log.warning("prompt names several formulas %s; the atom count follows the first",
+                    [c.reduced_formula for c in found])  # fmt: skip
+    return found[0] if found else None
+
+
+def parse_spacegroup(value: int | str) -> int:
+    """International number 1..230 from a number ("225", 225) or a Hermann-Mauguin symbol ("Fm-3m", "P6_3/mmc")."""
+    text = str(value).strip()
+    if re.fullmatch(r"\d+", text):
+        number = int(text)
+    else:
+        from pymatgen.symmetry.groups import SpaceGroup
+
+        try:
+            number = int(SpaceGroup(text).int_number)
+        except Exception:  # noqa: BLE001 - pymatgen raises ValueError/KeyError for unknown symbols
+            raise ValueError(f"space group {value!r} is neither a number 1-230 nor a known symbol") from None
+    if not 1 <= number <= 230:
+        raise ValueError(f"space group number must lie in 1..230, got {number}")
+    return number
+
+
+def xrd_grid(model):
+    """The `XRDConfig` of the patterns the model was trained on (recorded from the manifest at training time).
+
+    Models trained before the grid was recorded fall back to the data pipeline's default 5-90° 2θ, Cu Kα,
+    max-normalised grid with the XRD encoder's number of bins, with a warning.
+    """
+    from mmcrystal.modalities.xrd import XRDConfig
+
+    recorded = (model.normalization or {}).get("xrd")
+    if recorded:
+        return XRDConfig(**recorded)
+    bins = int(model.conditions.xrd_encoder.config.num_bins)
+    log.warning("the model does not record its XRD grid; assuming 5-90° 2θ, Cu Kα, %d bins, max-normalised", bins)
+    return XRDConfig(n_bins=bins)
+
+
+def load_xrd_pattern(path: str | Path, model) -> np.ndarray:
+    """A measured or simulated pattern file (any format `mmcrystal.modalities.xrd_io.read_pattern` reads) on the
+    model's grid: wavelength converted if the file states another, SNIP background removed, resampled, normalised."""
+    from mmcrystal.modalities.xrd_io import load_measured_pattern
+
+    values, inside = load_measured_pattern(path, xrd_grid(model))
+    if not inside.any():
+        raise ValueError(f"{path}: the pattern does not overlap the model's 2θ grid")
+    if inside.mean() < 0.5:
+        log.warning("%s covers %.0f%% of the model's 2θ grid; the rest is zero", path, 100 * inside.mean())
+    return values
+
+
+def _fingerprint(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+def _xrd(xrd, model) -> tuple[np.ndarray, str]:
+    expected = int(model.conditions.xrd_encoder.config.num_bins)
+    if isinstance(xrd, (str, Path)):
+        values = load_xrd_pattern(xrd, model)
+        return values, f"{xrd} (sha256:{_fingerprint(values)})"
+    values = np.asarray(xrd.detach().cpu() if hasattr(xrd, "detach") else xrd, dtype=np.float32).reshape(-1)
+    grid = (model.normalization or {}).get("xrd", {}).get("n_bins", expected)
+    if values.size != grid:
+        raise ValueError(f"an XRD array must have the model's {grid} grid points, got {values.size}; pass a file")
+    return values, f"array (sha256:{_fingerprint(values)})"
+
+
+def resolve_conditions(
+    model,
+    prompt: str | None = None,
+    properties: Mapping[str, float] | None = None,
+    composition: str | None = None,
+    xrd=None,
+    spacegroup: int | str | None = None,
+) -> SampleConditions:
+    """Validate a request against `model` (a `CrystalDiffusionModel`) and load what needs loading.
+
+    Raises:
+        ValueError: a condition the model was not trained with, an unknown property, an unparsable formula or
+            space group, an XRD file that cannot be read, or a CSP model without a composition.
+    """
+    names, cfg = model.conditions.names, model.config.conditions
+    csp = bool(model.config.diffusion.types.fixed_composition)
+    given = {"text": prompt, "properties": properties, "xrd": xrd, "spacegroup": spacegroup}
+    for name, value in given.items():
+        if value is not None and name not in names:
+            raise ValueError(f"this model was not trained with {name!r} conditions (it knows {list(names)})")
+    out = SampleConditions(prompt=prompt)
+    if properties:
+        unknown = set(properties) - set(cfg.properties)
+        if unknown:
+            raise ValueError(f"unknown properties {sorted(unknown)}; the model knows {cfg.properties}")
+        out.properties = {k: float(v) for k, v in properties.items()}
+        if not all(math.isfinite(v) for v in out.properties.values()):
+            raise ValueError(f"property targets must be finite, got {out.properties}")
+    if composition is not None:
+        if "composition" not in names and not csp:
+            raise ValueError(f"this model is neither a CSP model nor conditioned on a composition ({list(names)})")
+        out.composition = parse_composition(composition, cfg.num_elements)
+    elif csp:
+        raise ValueError("this is a crystal structure prediction model: pass a composition, e.g. 'SrTiO3'")
+    if xrd is not None:
+        out.xrd, out.xrd_source = _xrd(xrd, model)
+    if spacegroup is not None:
+        out.spacegroup = parse_spacegroup(spacegroup)
+    if prompt and out.composition is None:
+        out.prompt_formula = formula_in_prompt(prompt, cfg.num_elements)
+    return out
+
+
+def parse_guidance(guidance: float | Mapping[str, float] | str) -> float | dict[str, float]:
+    """One scale, or {condition: scale}, from a number, a mapping or their JSON text."""
+    if isinstance(guidance, str):  # the CLI and JSON requests may carry '{"text": 3}' or '2.0'
+        try:
+            guidance = json.loads(guidance)
+        except json.JSONDecodeError:
+            raise ValueError(f"guidance {guidance!r} is neither a number nor a JSON mapping of scales") from None
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float, Mapping)):
+        raise ValueError(f"guidance {guidance!r} is neither a number nor a mapping of scales")
+    if isinstance(guidance, Mapping):
+        return {str(k): float(v) for k, v in guidance.items()}
+    return float(guidance)
+
+
+def guidance_config(
+    model, guidance: float | Mapping[str, float] | str, given: Sequence[str] | None = None
+) -> GuidanceConfig:
+    """Guidance of a request: one number scales all given conditions together (joint CFG); a mapping gives each
+    condition its own scale (compositional CFG, see `mmcrystal.diffusion.guidance`), and given conditions it does
+    not name get 1 (conditional, unguided). Conditions never dropped in training are kept in every term.
+
+    Args:
+        model: The `CrystalDiffusionModel`.
+        guidance: A scale, a {condition: scale} mapping, or either as JSON text.
+        given: Conditions the request gives (`SampleConditions.given()`); None: all of the model's.
+    """
+    names = model.conditions.names
+    drop = model.config.conditions.drop_probs()
+    always = [name for name in names if drop.get(name, 0.0) <= 0.0]
+    scales = parse_guidance(guidance)
+    if not isinstance(scales, dict):
+        return GuidanceConfig(mode="joint", scale=scales, always=always)
+    unknown = set(scales) - set(names)
+    if unknown:
+        raise ValueError(f"guidance for {sorted(unknown)}, which this model does not know (it knows {list(names)})")
+    fixed = set(scales) & set(always)
+    if fixed:
+        raise ValueError(f"{sorted(fixed)} were never dropped in training, so they cannot be guided (always applied)")
+    given = [name for name in (names if given is None else given) if name in names]
+    absent = set(scales) - set(given)
+    if absent:
+        raise ValueError(f"guidance scales for {sorted(absent)}, but the request does not give them")
+    full = {name: scales.get(name, 1.0) for name in given if name not in always}
+    return GuidanceConfig(mode="per_condition", scales=full, always=always)

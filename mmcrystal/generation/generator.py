@@ -1,0 +1,276 @@
+"""`CrystalGenerator`: sample crystals from a trained `CrystalDiffusionModel` given a request.
+
+    generator = CrystalGenerator.from_pretrained("runs/diffuse/pretrained")
+    structures = generator.sample(prompt="a cubic perovskite oxide", n=16, steps=50, guidance=2.0)
+
+Atoms per crystal, first rule that applies:
+  1. `num_atoms` given by the user (one value, or one per crystal); with a composition it must be a whole number of
+     formula units.
+  2. An explicit `composition`: its atoms as written ("SrTiO3" -> 5, "Sr2Ti2O6" -> 10); write the cell formula or
+     pass `num_atoms` for more formula units.
+  3. Otherwise p(n) from the atom-count head given the condition (the training histogram without any condition).
+     If the prompt names a formula (`conditions.formula_in_prompt`: "LiFePO4 in an orthorhombic cell"), p(n) is
+     restricted to multiples of its formula size (7 for LiFePO4) up to the model's max_atoms and renormalised: a
+     prose formula is reduced, while cells usually hold several formula units, and the head knows how many.
+Each crystal's count is drawn with its own seed `sample_seed(seed, i)` (i: the global sample index); the reverse
+loop of batch k (samples k B .. k B + B - 1) runs from `batch_seed(seed, k)`. So any batch can be regenerated alone,
+and a run split over ranks by whole batches gives the same crystals as one process. (Noise is drawn per batch, not
+per crystal, because the corruption processes take one generator per call: the crystals depend on `batch_size`.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmcrystal.diffusion import Condition, CrystalSampler, GuidanceConfig, SampleBatch, SamplerConfig
+from mmcrystal.diffusion.conditioning import ConditionInputs
+from mmcrystal.diffusion.num_atoms import draw_num_atoms, restrict_to_multiples
+from mmcrystal.generation.conditions import SampleConditions, guidance_config, resolve_conditions
+from mmcrystal.generation.model import CrystalDiffusionModel
+
+__all__ = ["CrystalGenerator", "batch_seed", "cell_atomic_numbers", "formula_size", "sample_seed"]
+
+log = logging.getLogger(__name__)
+
+
+def _derived_seed(tag: str, seed: int, index: int) -> int:
+    digest = hashlib.sha256(f"{tag}:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch `index` of a run seeded `seed` (independent streams, any batch reproducible alone)."""
+    return _derived_seed("mmcrystal-sample", seed, index)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of the atom count of global sample `index` of a run seeded `seed`."""
+    return _derived_seed("mmcrystal-num-atoms", seed, index)
+
+
+def formula_size(comp) -> int:
+    """Atoms per reduced formula unit of a pymatgen `Composition` (7 for LiFePO4)."""
+    reduced, _ = comp.get_reduced_composition_and_factor()
+    return int(round(reduced.num_atoms))
+
+
+def cell_atomic_numbers(comp, num_atoms: int) -> list[int]:
+    """Atomic numbers (sorted by Z) of a cell of `num_atoms` atoms with the composition's stoichiometry."""
+    reduced, _ = comp.get_reduced_composition_and_factor()
+    per_unit = formula_size(comp)
+    if num_atoms % per_unit:
+        raise ValueError(f"{num_atoms} atoms is not a whole number of {reduced.reduced_formula} formula units")
+    units = num_atoms // per_unit
+    return sorted(el.Z for el, amount in reduced.items() for _ in range(int(round(amount)) * units))
+
+
+def _repeat(cond: Condition | None, size: int) -> Condition | None:
+    if cond is None:
+        return None
+    return Condition(cond.tokens.expand(size, -1, -1), cond.mask.expand(size, -1), cond.groups, cond.names)
+
+
+class CrystalGenerator:
+    """Samples crystals from a `CrystalDiffusionModel` given a prompt, properties, a composition, an XRD pattern or
+    a space group (whichever the model was trained with).
+
+    Args:
+        model: The trained model (EMA denoiser weights, as `CrystalDiffusion.save_pretrained` writes them).
+        device: Where to run.
+    """
+
+    def __init__(self, model: CrystalDiffusionModel, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> CrystalGenerator:
+        """Load a folder written by `CrystalDiffusion.save_pretrained` (no run folder, no network)."""
+        from mmcrystal.pretrained import load_pretrained
+
+        kind = json.loads((Path(folder) / "config.json").read_text()).get("kind")
+        if kind != "CrystalDiffusionModel":
+            raise ValueError(f"{folder} holds a {kind!r}, not a CrystalDiffusionModel")
+        model, _ = load_pretrained(folder, CrystalDiffusionModel, map_location="cpu")
+        return cls(model, device)
+
+    @property
+    def csp(self) -> bool:
+        """Crystal structure prediction: the model keeps a given composition fixed."""
+        return bool(self.model.config.diffusion.types.fixed_composition)
+
+    @property
+    def max_atoms(self) -> int:
+        """Largest atom count of the model's training data (its atom-count head's range)."""
+        return self.model.max_atoms
+
+    def resolve(self, **request) -> SampleConditions:
+        """`conditions.resolve_conditions` for this model (prompt, properties, composition, xrd, spacegroup)."""
+        return resolve_conditions(self.model, **request)
+
+    @torch.no_grad()
+    def encode(self, conditions: SampleConditions | None = None, **request) -> Condition | None:
+        """Condition tokens `(1, T, cond_dim)` of one request, or None when nothing is given (unconditional)."""
+        conditions = conditions if conditions is not None else self.resolve(**request)
+        names, cfg = self.model.conditions.names, self.model.config.conditions
+        if not set(conditions.given()) & set(names):
+            return None
+        prompt = conditions.prompt
+        inputs = ConditionInputs(batch_size=1, captions=[prompt or ""], caption_mask=torch.tensor([prompt is not None]))
+        if conditions.properties:
+            values = conditions.properties
+            inputs.properties = torch.tensor([[float(values.get(p, 0.0)) for p in cfg.properties]])
+            inputs.property_mask = torch.tensor([[p in values for p in cfg.properties]])
+        if conditions.xrd is not None:
+            inputs.xrd, inputs.xrd_mask = torch.as_tensor(conditions.xrd).reshape(1, -1), torch.tensor([True])
+        if conditions.composition is not None and "composition" in names:
+            inputs.composition = torch.zeros(1, cfg.num_elements + 1)
+            for el, amount in conditions.composition.items():
+                inputs.composition[0, el.Z] = float(amount)
+        if conditions.spacegroup is not None:
+            inputs.spacegroup = torch.tensor([int(conditions.spacegroup)])
+        return self.model.condition(inputs)
+
+    def atom_count_distribution(self, cond: Condition | None) -> torch.Tensor:
+        """p(n) `(max_atoms,)` for n = 1..max_atoms: the head given `cond` (one request), else the histogram."""
+        model = self.model
+        if cond is not None and bool(cond.present().any()):
+            return model.num_atoms.probs(cond.select(slice(0, 1))).reshape(-1).cpu()
+        if model.atom_count_prior.numel():
+            return model.atom_count_prior.cpu()
+        # no histogram stored: the head's marginal (it was trained with every condition dropped too)
+        pooled = torch.zeros(1, model.num_atoms.config.cond_dim, device=self.device)
+        return torch.softmax(model.num_atoms(pooled), -1).reshape(-1).cpu()
+
+    def atom_counts(
+        self,
+        conditions: SampleConditions,
+        cond: Condition | None,
+        indices: Sequence[int],
+        seed: int,
+        given: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """`(len(indices),)` atom counts of global samples `indices` (rules in the module docstring)."""
+        comp = conditions.composition
+        if given is not None:
+            counts = torch.tensor([int(c) for c in given], dtype=torch.long)
+        elif comp is not None:
+            counts = torch.full((len(indices),), int(round(comp.num_atoms)), dtype=torch.long)
+        else:
+            probs = self.atom_count_distribution(cond)
+            if conditions.prompt_formula is not None:
+                probs = restrict_to_multiples(probs, formula_size(conditions.prompt_formula))
+            counts = draw_num_atoms(probs, [sample_seed(seed, i) for i in indices])
+        if counts.numel() and int(counts.min()) < 1:
+            raise ValueError(f"atom counts must be positive, got {counts.tolist()}")
+        if counts.numel() and int(counts.max()) > self.model.max_atoms:
+            log.warning("%d atoms is beyond the model's max_atoms=%d (outside its training data)",
+                        int(counts.max()), self.model.max_atoms)  # fmt: skip
+        if comp is not None:
+            for n in counts.unique().tolist():
+                cell_atomic_numbers(comp, n)  # raises if n is not a whole number of formula units
+        return counts
+
+    def sampler(
+        self,
+        steps: int,
+        guidance: float | Mapping[str, float] | GuidanceConfig,
+        batch_size: int,
+        conditions: SampleConditions | None = None,
+    ) -> CrystalSampler:
+        """The reverse loop: `SamplerConfig.few_step(steps)` below 100 steps, the full ancestral + corrector above.
+
+        `guidance` is checked against `conditions` (`conditions.guidance_config`); without them every condition of
+        the model counts as given."""
+        if not isinstance(guidance, GuidanceConfig):
+            guidance = guidance_config(self.model, guidance, None if conditions is None else conditions.given())
+        kwargs = dict(batch_size=batch_size, guidance=guidance)
+        config = SamplerConfig.few_step(steps, **kwargs) if steps < 100 else SamplerConfig(num_steps=steps, **kwargs)
+        return CrystalSampler(self.model.denoiser, self.model.diffusion, config)
+
+    @torch.no_grad()
+    def batches(
+        self,
+        n: int,
+        batch_size: int = 64,
+        seed: int = 0,
+        steps: int = 1000,
+        guidance: float | Mapping[str, float] = 2.0,
+        num_atoms: int | Sequence[int] | None = None,
+        indices: Iterable[int] | None = None,
+        conditions: SampleConditions | None = None,
+        **request,
+    ) -> Iterator[tuple[int, SampleBatch]]:
+        """Yield `(batch_index, SampleBatch)` for the batches `indices` (default: all) of `n` samples in batches of
+        `batch_size`. The request is `conditions`, or prompt / properties / composition / xrd / spacegroup."""
+        if n < 1 or batch_size < 1 or steps < 1:
+            raise ValueError(f"n, batch_size and steps must be positive, got {n}, {batch_size}, {steps}")
+        conditions = conditions if conditions is not None else self.resolve(**request)
+        cond = self.encode(conditions)
+        given = [int(num_atoms)] * n if isinstance(num_atoms, (int, np.integer)) else num_atoms
+        if given is not None and len(given) != n:
+            raise ValueError(f"num_atoms has {len(given)} entries for n={n}")
+        sampler = self.sampler(steps, guidance, batch_size, conditions)
+        num_batches = -(-n // batch_size)
+        for index in range(num_batches) if indices is None else indices:
+            if not 0 <= index < num_batches:
+                raise ValueError(f"batch {index} does not exist ({num_batches} batches of {batch_size})")
+            lo, hi = index * batch_size, min((index + 1) * batch_size, n)
+            chosen = None if given is None else given[lo:hi]
+            counts = self.atom_counts(conditions, cond, range(lo, hi), seed, chosen)
+            types = None
+            if self.csp:
+                numbers = [z for c in counts.tolist() for z in cell_atomic_numbers(conditions.composition, c)]
+                types = torch.tensor(numbers, dtype=torch.long)
+            yield index, sampler.sample(counts, _repeat(cond, hi - lo), types, seed=batch_seed(seed, index))
+
+    def sample(
+        self,
+        prompt: str | None = None,
+        properties: dict[str, float] | None = None,
+        composition: str | None = None,
+        xrd=None,
+        n: int = 16,
+        steps: int = 1000,
+        guidance: float | dict[str, float] = 2.0,
+        num_atoms: int | list[int] | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        callback: Callable[[list, int], None] | None = None,
+        spacegroup: int | str | None = None,
+    ) -> list:
+        """Generate `n` crystals as pymatgen `Structure`s.
+
+        Args:
+            prompt: A caption, e.g. "a cubic perovskite oxide" (text-conditioned models); a formula it names sets
+                the atom count to a multiple of the formula (module docstring).
+            properties: Target values in manifest units, e.g. {"band_gap": 1.5} (eV).
+            composition: A formula, e.g. "SrTiO3"; its atoms as written set the cell size unless `num_atoms` does.
+            xrd: A pattern file (.xy, .xye, .cif, ...: background removed, resampled onto the model's 2θ grid), or
+                `(L,)` intensities already on that grid.
+            n: Number of crystals.
+            steps: Reverse steps (below 100: the few-step sampler).
+            guidance: Classifier-free guidance: one scale for all conditions (0 unconditional, 1 conditional), or
+                {condition: scale}, e.g. {"text": 3, "properties": 1.5} (unnamed given conditions: 1).
+            num_atoms: Atoms per crystal (one value, or one per crystal); default: predicted.
+            seed: Run seed; batch k uses `batch_seed(seed, k)`, the atom count of sample i `sample_seed(seed, i)`.
+            batch_size: Crystals per reverse loop.
+            callback: Called as `callback(structures, batch_index)` after each batch.
+            spacegroup: International number or symbol, e.g. 225 or "Fm-3m" (space-group-conditioned models).
+        """
+        conditions = self.resolve(prompt=prompt, properties=properties, composition=composition, xrd=xrd,
+                                  spacegroup=spacegroup)  # fmt: skip
+        out = []
+        for index, batch in self.batches(n, batch_size, seed, steps, guidance, num_atoms, conditions=conditions):
+            structures = batch.to_structures()
+            if callback is not None:
+                callback(structures, index)
+            out += structures
+        return out

@@ -1,0 +1,148 @@
+"""`CrystalDiffusionModel`: condition encoder + denoiser + atom-count head + the three diffusion processes, with the
+dataset statistics they need, rebuilt from one `DiffusionModelConfig` (the `config.json` of a pretrained folder).
+
+`CrystalDiffusion` (mmcrystal/tasks/diffusion.py) trains it; `CrystalGenerator` samples from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcrystal.config import register_config
+from mmcrystal.diffusion import (
+    Condition,
+    CrystalDenoiser,
+    DenoiserConfig,
+    DiffusionConfig,
+    JointDiffusion,
+    LatticeNormalization,
+    NumAtomsConfig,
+    NumAtomsPredictor,
+    histogram_prior,
+)
+from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionEncoder, ConditionInputs
+
+__all__ = [
+    "XRD_GRID_KEYS",
+    "CrystalDiffusionModel",
+    "DiffusionModelConfig",
+    "model_fingerprint",
+    "normalization_from_manifest",
+]
+
+# The XRD settings a measured pattern needs to be put on the training grid (`mmcrystal.modalities.xrd.XRDConfig`).
+XRD_GRID_KEYS = ("wavelength", "two_theta_min", "two_theta_max", "n_bins", "normalization")
+
+
+@register_config
+@dataclass
+class DiffusionModelConfig:
+    """Everything that rebuilds a trained conditional decoder (the `config.json` of a pretrained folder).
+
+    Attributes:
+        denoiser: The network (`cond_dim` and `num_classes` are synchronised with `conditions` and `diffusion`).
+        diffusion: The three corruption processes.
+        conditions: The condition encoder.
+        num_atoms: The atom-count head (`cond_dim` synchronised with `conditions`).
+        normalization: Dataset statistics as plain JSON (`normalization_from_manifest`): "lattice"
+            (`LatticeNormalization` fields), "properties" ({name: {mean, std}}), "num_atoms_histogram" and, when
+            the data had simulated XRD, "xrd" (the 2θ grid of the patterns, `XRD_GRID_KEYS`).
+    """
+
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    conditions: ConditionConfig = field(default_factory=ConditionConfig)
+    num_atoms: NumAtomsConfig = field(default_factory=NumAtomsConfig)
+    normalization: dict[str, Any] | None = None
+
+
+def normalization_from_manifest(manifest: dict) -> dict[str, Any]:
+    """Lattice, property and atom-count statistics of a prepared dataset's reference (training) split, and the 2θ
+    grid of its simulated XRD patterns (so that a measured pattern can be resampled onto it at sampling time)."""
+    lattice = LatticeNormalization.from_manifest(manifest)
+    reference = manifest["normalization"].get("reference_split") or "train"
+    properties = {
+        name: {"mean": float(s["mean"]), "std": float(s["std"])}
+        for name, s in manifest["normalization"].get("properties", {}).items()
+        if "mean" in s
+    }
+    out = {
+        "lattice": {f.name: [float(v) for v in getattr(lattice, f.name)] for f in fields(lattice)},
+        "properties": properties,
+        "num_atoms_histogram": dict(manifest.get("stats", {}).get(reference, {}).get("num_atoms_histogram", {})),
+    }
+    xrd = (manifest.get("modalities") or {}).get("xrd")
+    if xrd:
+        out["xrd"] = {key: xrd[key] for key in XRD_GRID_KEYS if key in xrd}
+    return out
+
+
+def _synchronised(cfg: DiffusionModelConfig) -> DiffusionModelConfig:
+    width, classes = cfg.conditions.cond_dim, cfg.diffusion.types.num_classes
+    return replace(
+        cfg,
+        denoiser=replace(cfg.denoiser, cond_dim=width, num_classes=classes),
+        num_atoms=replace(cfg.num_atoms, cond_dim=width),
+    )
+
+
+class CrystalDiffusionModel(nn.Module):
+    """Condition encoder + denoiser + atom-count head + the diffusion processes, with the dataset statistics.
+
+    Args:
+        config: `DiffusionModelConfig`.
+    """
+
+    def __init__(self, config: DiffusionModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = _synchronised(config or DiffusionModelConfig())
+        self.conditions = ConditionEncoder(cfg.conditions)
+        self.denoiser = CrystalDenoiser(cfg.denoiser)
+        self.num_atoms = NumAtomsPredictor(cfg.num_atoms)
+        self.diffusion = JointDiffusion(cfg.diffusion)
+        self.register_buffer("atom_count_prior", torch.zeros(0), persistent=False)
+        if cfg.normalization is not None:
+            self.set_normalization(cfg.normalization)
+
+    @property
+    def normalization(self) -> dict[str, Any] | None:
+        return self.config.normalization
+
+    @property
+    def max_atoms(self) -> int:
+        """Largest atom count the atom-count head (and so the training data) covers."""
+        return int(self.config.num_atoms.max_atoms)
+
+    def set_normalization(self, normalization: dict[str, Any]) -> None:
+        """Adopt dataset statistics (lattice standardisation, property standardisation, atom-count histogram)."""
+        self.config = replace(self.config, normalization=normalization)
+        lattice = LatticeNormalization(**{k: tuple(v) for k, v in normalization["lattice"].items()})
+        self.diffusion = JointDiffusion(self.config.diffusion, lattice).to(self.atom_count_prior.device)
+        if "properties" in self.conditions.names:
+            self.conditions.set_property_stats(normalization.get("properties", {}))
+        histogram = normalization.get("num_atoms_histogram") or {}
+        prior = histogram_prior(histogram, self.config.num_atoms.max_atoms) if histogram else torch.zeros(0)
+        self.atom_count_prior = prior.to(self.atom_count_prior.device)
+
+    def export_config(self) -> DiffusionModelConfig:
+        """The config of a self-contained folder (aligned encoders inlined, see `ConditionEncoder.export_config`)."""
+        return replace(self.config, conditions=self.conditions.export_config())
+
+    def condition(self, inputs: ConditionInputs) -> Condition | None:
+        """Condition tokens of B samples, or None for an unconditional model."""
+        return self.conditions(inputs)
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of a pretrained folder's weights (recorded with every sample run)."""
+    digest = hashlib.sha256()
+    with (Path(folder) / "model.safetensors").open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
