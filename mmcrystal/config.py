@@ -9,6 +9,7 @@ arbitrary code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -30,10 +31,8 @@ def _known_types(module: str | None = None) -> dict[str, type]:
 
     # only this project's own modules are ever imported, to let their configs register themselves
     if module and module.split(".")[0] in ("mmcrystal", "encoders"):
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(module)
-        except ImportError:
-            pass
     for name in ("mmcrystal.model", "mmcrystal.fusion.cross_attention", "mmcrystal.tasks.alignment"):
         importlib.import_module(name)
 

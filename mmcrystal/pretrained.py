@@ -76,10 +76,12 @@ def _retarget_text_config(node) -> None:
 
 
 def _resolve_text_paths(node, folder: Path) -> None:
+    """Point ``@pretrained/...`` text model names at ``folder``: in ``{"class_path", "init_args"}`` nodes and in the
+    plain dicts that exports written before configs carried class paths use."""
     if isinstance(node, dict):
-        args = node.get("init_args") or {}
+        args = node.get("init_args") if isinstance(node.get("init_args"), dict) else node
         name = args.get("model_name")
-        if str(node.get("class_path", "")).endswith(".TextConfig") and str(name).startswith("@pretrained/"):
+        if isinstance(name, str) and name.startswith("@pretrained/"):
             args["model_name"] = str(folder / name.removeprefix("@pretrained/"))
             args["local_files_only"] = True
         for value in node.values():
