@@ -1,0 +1,60 @@
+"""Loop options: two objectives and their Pareto front in the report, candidates the oracle cannot judge, the
+decoder fine-tuning hook."""
+
+from __future__ import annotations
+
+import pytest
+from design_toys import WINDOW, ToyOracle
+from design_toys import run_toy as _run
+from design_toys import toy_config as _config
+from pymatgen.core import Composition
+
+from mmcrystal.design.config import BudgetConfig, PropertyObjective, StrategyConfig
+from mmcrystal.design.report import pareto_rows
+from mmcrystal.design.store import RunStore
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path, toy_reference):
+    small = PropertyObjective(name="atoms", high=6.0, scale=2.0, condition=False)
+    cfg = _config(tmp_path / "pareto", toy_reference, objectives=[WINDOW, small],
+                  budget=BudgetConfig(max_rounds=2, samples_per_round=16, oracle_per_round=6))  # fmt: skip
+    _run(cfg)
+    rows = RunStore.reader(tmp_path / "pareto").all_rows(2)
+    scored = [r for r in rows if r["selected"]]
+    front = pareto_rows(rows, cfg)
+    assert 1 <= len(front) <= len(scored) == 12
+    violations = [(max(0.0, abs(r["band_gap"] - 3.0) - 0.1), max(0.0, r["atoms"] - 6.0), r["e_hull"]) for r in scored]
+    for r, v in zip(scored, violations, strict=True):
+        dominated = any(all(a <= b for a, b in zip(w, v, strict=True)) and w != v for w in violations)
+        assert (r in front) == (not dominated)
+    assert (tmp_path / "pareto" / "plots" / "pareto_objectives.png").exists()
+    assert "| atoms |" in (tmp_path / "pareto" / "report.md").read_text()
+
+
+def test_no_oracle_call_is_spent_on_what_the_oracle_cannot_judge(tmp_path, toy_reference):
+    class NoIodides(ToyOracle):
+        def judgeable(self, structure):
+            return "no elemental end point for I" if "I" in structure.composition.as_dict() else ""
+
+    cfg = _config(tmp_path / "j", toy_reference, budget=BudgetConfig(max_rounds=2, samples_per_round=24,
+                                                                      oracle_per_round=8))  # fmt: skip
+    _run(cfg, oracle=NoIodides())
+    rows = RunStore.reader(tmp_path / "j").all_rows(2)
+    iodides = [r for r in rows if r["passed"] and "I" in Composition(r["formula"]).as_dict()]
+    assert iodides and all(r["decision"] == "unjudgeable:no elemental end point for I" for r in iodides)
+    assert not any(r["selected"] for r in iodides) and sum(r["selected"] for r in rows) == 16
+
+
+def test_decoder_fine_tuning_is_a_hook(tmp_path, toy_reference):
+    cfg = _config(tmp_path / "d", toy_reference, strategy=StrategyConfig(kind="cmaes", finetune_decoder=True),
+                  budget=BudgetConfig(max_rounds=2, samples_per_round=8, oracle_per_round=2))  # fmt: skip
+    with pytest.raises(NotImplementedError, match="decoder_update"):
+        _run(cfg)
+    calls = []
+
+    def update(generator, structures, rows):
+        calls.append((len(structures), [r["hit"] for r in rows]))
+        return generator
+
+    _run(cfg, decoder_update=update)
+    assert len(calls) == 2 and all(all(hits) for _, hits in calls)
