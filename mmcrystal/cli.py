@@ -22,6 +22,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("mmcrystal.embed:embed", "embed a prepared split with an aligned model (.npz of embeddings)"),
     "search": ("mmcrystal.embed:search", "rank a prepared split against a caption, a CIF or a measured XRD file"),
     "sample": ("mmcrystal.generate:sample", "generate crystals with a trained decoder, streamed to disk, resumable"),
+    "predict": ("mmcrystal.finetune.predict:predict", "predict properties (mean, std) of CIFs or a prepared split"),
+    "crossval": (
+        "mmcrystal.finetune.crossval:crossval",
+        "Matbench-style k-fold fine-tuning benchmark and learning curves",
+    ),
+    "design": ("mmcrystal.design.run:design", "closed-loop inverse design: propose, screen, score, update"),
     "demo": (
         "mmcrystal.demo:demo",
         "the main job, small: prepare MP-20, align, train a decoder, sample a prompt, evaluate",
@@ -33,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 STAGES: dict[str, str] = {
     "align": "contrastive + cross-attention alignment of crystal, text, XRD, DOS, micrographs",
     "diffuse": "conditional crystal diffusion decoder (text, properties, XRD, composition)",
+    "finetune": "pretrained encoders + heads on downstream property tasks",
 }
 
 
