@@ -204,9 +204,8 @@ class MultimodalCrystalModel(nn.Module):
                 else:
                     selected = inputs[present]
                 encoded = self.encode_tokens(modality, selected)
-                embedding = embedding.to(encoded.pooled.dtype).index_put(
-                    (present.nonzero()[:, 0],), self.heads[modality](encoded.pooled)
-                )
+                projected = self.heads[modality](encoded.pooled)  # bf16 under autocast, whatever pooled's dtype
+                embedding = embedding.to(projected.dtype).index_put((present.nonzero()[:, 0],), projected)
             else:
                 present = torch.zeros_like(present)
             out[modality] = ModalityEmbedding(embedding, present, encoded)

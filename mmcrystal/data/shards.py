@@ -150,6 +150,7 @@ def _header_name(header: bytes) -> str:
 def iter_shard(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Stream (key, {extension: bytes}) samples from a local path or URL (http(s)://, pipe:, ...)."""
     stream = _open_stream(url)
+    finished = False
     try:
         key, files = None, {}
         for name, payload in _tar_members(stream):
@@ -162,9 +163,14 @@ def iter_shard(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
             files[ext] = payload
         if key is not None:
             yield key, files
+        while stream.read(1 << 16):  # the zero blocks after the end marker: a pipe's writer must reach its end
+            pass
+        finished = True
     except OSError as exc:
         raise OSError(f"{url}: {exc}") from exc
     finally:
+        if not finished and hasattr(stream, "ignore_errors"):  # a webdataset pipe the reader left early: its
+            stream.ignore_errors = True  # writer then fails with a broken pipe, which is no read error
         stream.close()
 
 

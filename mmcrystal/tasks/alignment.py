@@ -73,6 +73,8 @@ class AlignmentPretraining(TaskBase):
         fusion: Cross-attention fusion with a matching head trained on hard negatives; None to skip it.
     """
 
+    compile_targets = ("model.encoders.crystal",)  # the periodic GNN; text tokenisation does not compile
+
     def __init__(
         self,
         network: AlignmentModelConfig | None = None,
@@ -214,7 +216,7 @@ class AlignmentPretraining(TaskBase):
         if "text" in emb:
             record["text_group"] = self._groups(batch, "text") if batch.captions else None
         for modality, value in emb.items():
-            record[f"{modality}_emb"] = value.embedding.detach()
+            record[f"{modality}_emb"] = value.embedding.detach().float()  # bf16 under autocast; metrics in fp32
             record[f"{modality}_present"] = value.present
         self._val_outputs.append(record)
 
@@ -259,7 +261,7 @@ class AlignmentPretraining(TaskBase):
                     out[f"{key}/{q}->{g}"] = stats[key]
         if "text" in self.model.modalities:
             out["zero_shot_crystal_system"] = zero_shot_accuracy(
-                merged["crystal_emb"], self.crystal_system_prototypes(), merged["crystal_system"]
+                merged["crystal_emb"], self.crystal_system_prototypes().float(), merged["crystal_system"]
             )
         return out
 

@@ -70,7 +70,15 @@ def build_optimizer(module: torch.nn.Module, cfg: OptimConfig, total_steps: int,
 
 
 class TaskBase(L.LightningModule):
-    """Hyperparameters are stored as plain JSON-like dicts, so checkpoints load with ``weights_only=True``."""
+    """Hyperparameters are stored as plain JSON-like dicts, so checkpoints load with ``weights_only=True``.
+
+    Resuming: Lightning restores weights, optimiser, scheduler and loop counters; submodules (such as the diffusion
+    EMA and its update count) are part of the weights. The callbacks of `mmcrystal.train` add each rank's RNG state
+    (`mmcrystal.callbacks.RNGStateCheckpoint`) and the loader's data position (`EpochDataLoader.state_dict`).
+    """
+
+    # submodules `mmcrystal.callbacks.CompileNetworks` compiles when a run asks for torch.compile
+    compile_targets: tuple[str, ...] = ("model",)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):

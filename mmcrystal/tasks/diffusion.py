@@ -8,7 +8,9 @@ head; `JointDiffusion` corrupts and scores; `drop_conditions` does the classifie
     loss = JointDiffusion.loss(denoiser(noisy, t, cond)) + w * CE(atom-count head(pooled cond), num_atoms)
 
 There is no sampling loop here (`CrystalSampler` is the only one). The denoiser's exponential moving average is
-updated after every optimiser step, validated, saved in checkpoints and exported by `save_pretrained`.
+updated after every optimiser step (`optimizer_step`, so once per step under gradient accumulation), validated,
+saved in checkpoints (it is a submodule; its update count is a buffer) and exported by `save_pretrained`. With
+`mmcrystal.callbacks.RNGStateCheckpoint` a resumed run draws the same noise as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class CrystalDiffusion(TaskBase):
         val_seed: Base seed of the validation noise (batch i uses val_seed + i), so validation losses compare.
     """
 
+    compile_targets = ("model.denoiser",)  # the network that runs every step (CompileNetworks)
+
     def __init__(
         self,
         denoiser: DenoiserConfig | None = None,
@@ -120,11 +124,16 @@ class CrystalDiffusion(TaskBase):
         )
         self.ema = EMA(self.model.denoiser, ema_decay)
         self.drop_probs = cfg.conditions.drop_probs()
-        self._ema_step = -1
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
         """Take the dataset statistics from the data module's manifest (once; then they live in hparams)."""
+        strategy = type(getattr(self._trainer, "strategy", None)).__name__
+        if strategy in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy"):
+            raise ValueError(
+                f"CrystalDiffusion keeps an unsharded EMA copy of the denoiser, which {strategy} would shard: "
+                "train the decoder with ddp (configs/trainer/ddp.yaml or multinode.yaml)"
+            )
         if self.hparams["normalization"] is not None:
             return
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -173,11 +182,10 @@ class CrystalDiffusion(TaskBase):
         self._log_losses(losses, "train", len(batch))
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # once per optimiser step, not per accumulated micro-batch (global_step counts optimiser steps)
-        if self.global_step != self._ema_step:
-            self.ema.update(self.model.denoiser)
-            self._ema_step = self.global_step
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # exactly once per optimiser step, whatever the gradient accumulation, and the same after a resume
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.model.denoiser)
 
     def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "val")

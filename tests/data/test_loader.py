@@ -1,4 +1,5 @@
-"""Shards -> batches: exact round trip, equal batch counts on every rank and worker, exact eval coverage."""
+"""Shards -> batches: exact round trip, equal batch counts on every rank and worker, exact eval coverage, exact
+mid-epoch resume (workers, resampled shards, in-memory), streaming over http and through a shell command."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mmcrystal.data.datamodule import CrystalDataModule
-from mmcrystal.data.loader import ShardDataset, ShardInfo
+from mmcrystal.data.batch import collate_samples
+from mmcrystal.data.datamodule import CrystalDataModule, stream_url
+from mmcrystal.data.loader import EpochDataLoader, InMemoryCrystalDataset, ResumableSampler, ShardDataset, ShardInfo
 from mmcrystal.data.prepare import PrepareConfig, prepare_sources
 from mmcrystal.data.readers import SourceSpec
 
@@ -121,3 +123,130 @@ def test_datamodule_from_explicit_shard_list(prepared):
     dm.setup()
     assert sum(s.samples for s in dm.splits["train"]) == N_ROWS
     assert sum(len(b) for b in dm.test_dataloader()) == N_ROWS
+
+
+# ------------------------------------------------------------------------------------------- resume and streaming
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory, shared_data):
+    """60 MP-20 structures with 5 template captions each, in uneven shards (16, 16, 16, 12)."""
+    out = tmp_path_factory.mktemp("captioned")
+    cfg = PrepareConfig(samples_per_shard=16, workers=0, limit=60, modalities=["captions"])
+    manifest = prepare_sources([SourceSpec(str(shared_data / "mp_20" / "test.csv.gz"), split="train")], out, cfg,
+                               progress=False)  # fmt: skip
+    return _shards(out, manifest)
+
+
+def _signature(batch) -> list[tuple]:
+    """What must match between runs: ids, the caption drawn for each, and the coordinates."""
+    coords = [float(batch.crystal.frac_coords[batch.crystal.batch == i].sum()) for i in range(len(batch))]
+    return list(zip(batch.ids, batch.captions, coords, strict=True))
+
+
+def _loader(shards, workers: int, resample: bool = False, rank: int = 0, world: int = 1) -> EpochDataLoader:
+    dataset = ShardDataset(shards, batch_size=4, training=True, shuffle_buffer=8, seed=5, rank=rank,
+                           world_size=world, resample=resample, epoch_samples=40 if resample else None)  # fmt: skip
+    return EpochDataLoader(dataset, batch_size=None, num_workers=workers, seed=5, rank=rank)
+
+
+def _epoch(loader) -> list[tuple]:
+    return [row for batch in loader for row in _signature(batch)]
+
+
+@pytest.mark.parametrize(("workers", "resample", "stop"), [(0, False, 5), (2, False, 5), (2, False, 6), (0, True, 3)])
+def test_loader_resumes_mid_epoch_exactly(captioned, workers, resample, stop):
+    reference = _loader(captioned, workers, resample)
+    epochs = [_epoch(reference), _epoch(reference)]  # epochs 0 and 1
+    assert epochs[0] != epochs[1] and any(c != "" for _, c, _ in epochs[0])
+
+    interrupted = _loader(captioned, workers, resample)
+    _epoch(interrupted)  # epoch 0 in full, then `stop` batches of epoch 1
+    iterator = iter(interrupted)
+    seen = [row for _ in range(stop) for row in _signature(next(iterator))]
+    state = interrupted.state_dict()
+    assert state["epoch"] == 1 and state["consumed_batches"] == stop
+    del iterator
+
+    resumed = _loader(captioned, workers, resample)
+    resumed.load_state_dict(state)  # a fresh loader: the saved position says which epoch comes next
+    assert seen + _epoch(resumed) == epochs[1]
+    assert _epoch(resumed) == _epoch(_loader_at_epoch(captioned, workers, resample, 2))  # later epochs unaffected
+
+
+def _loader_at_epoch(shards, workers, resample, epoch):
+    loader = _loader(shards, workers, resample)
+    loader._passes = epoch
+    return loader
+
+
+def test_in_memory_sampler_resumes_and_shards_ranks(captioned):
+    dataset = InMemoryCrystalDataset.from_shards(captioned)
+
+    def loader(rank):
+        sampler = ResumableSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        return EpochDataLoader(dataset, batch_size=4, sampler=sampler, drop_last=True, collate_fn=collate_samples,
+                               seed=1, rank=rank)  # fmt: skip
+
+    full = [[m for b in loader(rank) for m in b.ids] for rank in (0, 1)]
+    assert len(full[0]) == len(full[1]) == 28 and not set(full[0]) & set(full[1])  # 30 per rank, 7 full batches
+    interrupted = loader(0)
+    iterator = iter(interrupted)
+    head = [m for _ in range(3) for m in next(iterator).ids]
+    resumed = loader(0)
+    resumed.load_state_dict(interrupted.state_dict())
+    assert head + [m for b in resumed for m in b.ids] == full[0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resampled_shards_give_every_rank_the_fixed_epoch_length(captioned, workers):
+    world, per_rank = 3, 40 // 3 // 4
+    ids = []
+    for rank in range(world):
+        batches = list(_loader(captioned, workers, resample=True, rank=rank, world=world))
+        assert len(batches) == per_rank and all(len(b) == 4 for b in batches)
+        ids.append([m for b in batches for m in b.ids])
+    assert len({tuple(r) for r in ids}) == world  # every rank (and worker) has its own stream
+    assert ids[1] == [m for b in _loader(captioned, workers, True, rank=1, world=world) for m in b.ids]  # seeded
+
+
+def test_layout_change_on_resume_is_logged(captioned, caplog):
+    state = _loader(captioned, 0).state_dict()
+    state["world_size"] = 8
+    with caplog.at_level("WARNING"):
+        _loader(captioned, 0).load_state_dict(state)
+    assert "different data layout" in caplog.text
+
+
+def test_streams_over_http_and_through_a_url_command(prepared):
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    out, _ = prepared
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root = f"http://127.0.0.1:{server.server_address[1]}"
+        ids = {}
+        for command in (None, "curl -s -f -L {url}"):
+            dm = CrystalDataModule(root=root, batch_size=32, test_split="train", url_command=command)
+            dm.setup()
+            assert all(s.url.startswith("pipe:curl") for s in dm.splits["train"]) == (command is not None)
+            ids[command] = sorted(m for b in dm.test_dataloader() for m in b.ids)
+            train = list(dm.train_dataloader())  # stops mid-shard at its quota: the pipe is left early
+            assert len(train) == N_ROWS // 32 and all(len(b) == 32 for b in train)
+        assert ids[None] == ids["curl -s -f -L {url}"] and len(ids[None]) == N_ROWS
+    finally:
+        server.shutdown()
+
+
+def test_url_command_needs_a_placeholder():
+    with pytest.raises(ValueError, match="must contain"):
+        stream_url("s3://bucket/shard-000.tar", "aws s3 cp - -")
+    assert stream_url("s3://bucket/a.tar", "aws s3 cp {url} -") == "pipe:aws s3 cp s3://bucket/a.tar -"
+    assert stream_url("/local/a.tar", "aws s3 cp {url} -") == "/local/a.tar"
