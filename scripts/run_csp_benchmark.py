@@ -39,6 +39,8 @@ def main() -> None:
     generator = CrystalGenerator.from_pretrained(args.model)
     start = time.perf_counter()
     for row in frame.itertuples():
+        if all((out / "generated" / f"{row.material_id}__{j}.cif").exists() for j in range(args.k)):
+            continue  # written by an earlier, interrupted run: the seed is fixed, so it would be the same
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             target = Structure.from_str(row.cif, fmt="cif")
