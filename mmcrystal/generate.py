@@ -9,40 +9,5 @@ this module keeps the import path that the CLI (`mmcrystal.generate:sample`), sc
 earlier pretrained folders (`mmcrystal.generate.DiffusionModelConfig`) use.
 """
 
-from mmcrystal.generation import (
-    CrystalDiffusionModel,
-    CrystalGenerator,
-    DiffusionModelConfig,
-    RankInfo,
-    SampleConditions,
-    SampleWriter,
-    batch_seed,
-    formula_in_prompt,
-    merge_shards,
-    model_fingerprint,
-    normalization_from_manifest,
-    rank_info,
-    resolve_conditions,
-    sample,
-    sample_seed,
-    write_samples,
-)
-
-__all__ = [
-    "CrystalDiffusionModel",
-    "CrystalGenerator",
-    "DiffusionModelConfig",
-    "RankInfo",
-    "SampleConditions",
-    "SampleWriter",
-    "batch_seed",
-    "formula_in_prompt",
-    "merge_shards",
-    "model_fingerprint",
-    "normalization_from_manifest",
-    "rank_info",
-    "resolve_conditions",
-    "sample",
-    "sample_seed",
-    "write_samples",
-]
+from mmcrystal.generation import *  # noqa: F403 - the same names, under the old import path
+from mmcrystal.generation import __all__  # noqa: F401

@@ -88,6 +88,17 @@ class TaskBase(L.LightningModule):
             checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
         )
 
+    def datamodule_manifest(self, needed: str) -> dict:
+        """The attached data module's manifest (train-split statistics); a clear error when there is none."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        manifest = getattr(datamodule, "manifest", None)
+        if not manifest:
+            raise ValueError(
+                f"{type(self).__name__} needs {needed}: train with CrystalDataModule(root=<prepared folder>) "
+                "or pass manifest_root / normalization"
+            )
+        return manifest
+
     def total_steps(self) -> int:
         trainer = self._trainer
         if trainer is None:

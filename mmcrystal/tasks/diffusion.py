@@ -136,13 +136,7 @@ class CrystalDiffusion(TaskBase):
             )
         if self.hparams["normalization"] is not None:
             return
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        manifest = getattr(datamodule, "manifest", None)
-        if not manifest:
-            raise ValueError(
-                "CrystalDiffusion needs dataset statistics (lattice, properties): train with "
-                "CrystalDataModule(root=<prepared folder>) or pass manifest_root / normalization"
-            )
+        manifest = self.datamodule_manifest("dataset statistics (lattice, properties)")
         self.set_normalization(normalization_from_manifest(manifest))
 
     def set_normalization(self, normalization: dict) -> None:

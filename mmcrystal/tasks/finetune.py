@@ -109,13 +109,7 @@ class PropertyFinetuning(TaskBase):
         """Take the targets' train-split statistics from the data module's manifest (once; then from hparams)."""
         if self.hparams["normalization"] is not None:
             return
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        manifest = getattr(datamodule, "manifest", None)
-        if not manifest:
-            raise ValueError(
-                "PropertyFinetuning needs the targets' statistics: train with CrystalDataModule(root=<prepared "
-                "folder>) or pass manifest_root / normalization"
-            )
+        manifest = self.datamodule_manifest("the targets' statistics")
         normalization = normalization_from_manifest(manifest, self.model.targets)
         self.model.set_normalization(normalization)
         self.hparams["normalization"] = normalization
