@@ -36,8 +36,8 @@ def _load_inputs(source: Path, split: str, fields: tuple[str, ...]) -> tuple[lis
 
 
 def predict(
-    model: str,
-    input: str,
+    model: str | None = None,
+    input: str | None = None,
     out: str = "predictions.csv",
     split: str = "test",
     batch_size: int = 64,
@@ -64,6 +64,8 @@ def predict(
     """
     from mmcrystal.finetune.predictor import PropertyPredictor
 
+    if model is None or input is None:
+        raise ValueError("predict needs both --model DIR and --input FILE_OR_FOLDER")
     predictor = PropertyPredictor.from_pretrained(model_paths(model), mc_samples=mc_samples, device=device)
     fields = ("xrd",) if any("xrd" in m.config.inputs for m in predictor.models) else ()
     samples, skipped = _load_inputs(Path(input), split, fields)

@@ -25,7 +25,7 @@ def test_predict_a_cif_folder_skips_and_counts_unreadable_files(model_dirs, mp20
         structure.to(filename=str(cifs / f"s{i}.cif"))
     (cifs / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
     out = tmp_path / "pred.csv"
-    main(["predict", str(model_dirs[0]), str(cifs), "--out", str(out)])
+    main(["predict", "--model", str(model_dirs[0]), "--input", str(cifs), "--out", str(out)])
     frame = pd.read_csv(out)
     assert list(frame["id"]) == ["s0", "s1", "s2", "s3"]
     assert list(frame.columns) == ["id", "band_gap_mean", "band_gap_std", "band_gap>0_mean", "band_gap>0_std",
@@ -38,7 +38,19 @@ def test_predict_a_cif_folder_skips_and_counts_unreadable_files(model_dirs, mp20
 
 def test_predict_a_prepared_split_with_an_ensemble_writes_truth_and_spread(model_dirs, mp40_tiny, tmp_path):
     out = tmp_path / "pred.csv"
-    main(["predict", ",".join(str(d) for d in model_dirs), str(mp40_tiny), "--split", "val", "--out", str(out)])
+    main(
+        [
+            "predict",
+            "--model",
+            ",".join(str(d) for d in model_dirs),
+            "--input",
+            str(mp40_tiny),
+            "--split",
+            "val",
+            "--out",
+            str(out),
+        ]
+    )
     frame = pd.read_csv(out)
     from mmcrystal.data.datamodule import load_manifest
 
@@ -51,7 +63,9 @@ def test_predict_a_csv_and_an_ensemble_folder(model_dirs, shared_data, tmp_path)
     out = tmp_path / "pred.csv"
     frame_in = pd.read_csv(shared_data / "perov_5" / "test.csv", nrows=5)
     frame_in.to_csv(tmp_path / "in.csv", index=False)
-    main(["predict", str(tmp_path), str(tmp_path / "in.csv"), "--out", str(out)])  # tmp_path holds model_0, model_1
+    main(
+        ["predict", "--model", str(tmp_path), "--input", str(tmp_path / "in.csv"), "--out", str(out)]
+    )  # tmp_path holds model_0, model_1
     frame = pd.read_csv(out)
     assert [str(i) for i in frame["id"]] == [str(i) for i in frame_in["material_id"]]
     assert (frame["energy_above_hull_std"] > 0).all()
