@@ -35,6 +35,10 @@ _LATTICE_SYSTEM = {
 }
 
 
+_METRICS = ("valid", "unique", "match_any", "composition", "composition_any", "crystal_system",
+            "crystal_system_any", "lattice_system", "num_atoms_mean")  # fmt: skip
+
+
 def lattice_system(structure, symprec: float = 0.1) -> str | None:
     """Lattice system of spglib's conventional cell (``rhombohedral`` vs ``hexagonal`` for trigonal crystals)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -104,33 +108,50 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             target = Structure.from_str(row.cif, fmt="cif")
-        start = time.perf_counter()
-        samples = generator.sample(
-            prompt=str(row.prompt), n=args.per_prompt, steps=args.steps, guidance=args.guidance,
-            seed=args.seed, batch_size=args.per_prompt,
-        )  # fmt: skip
-        sampling_s += time.perf_counter() - start
-        for j, structure in enumerate(samples):
-            structure.to(filename=str(out / "generated" / f"{row.material_id}__{j}.cif"))
+        paths = [out / "generated" / f"{row.material_id}__{j}.cif" for j in range(args.per_prompt)]
+        if all(p.exists() for p in paths):  # written by an interrupted run with the same seed: reuse
+            samples = [Structure.from_file(str(p)) for p in paths]
+        else:
+            start = time.perf_counter()
+            try:
+                samples = generator.sample(
+                    prompt=str(row.prompt), n=args.per_prompt, steps=args.steps, guidance=args.guidance,
+                    seed=args.seed, batch_size=args.per_prompt,
+                )  # fmt: skip
+            except ValueError as error:  # e.g. the prompt's formula unit exceeds the model's max_atoms
+                print(f"{row.material_id}: no samples ({error}); scored as a miss")
+                rows.append({"material_id": row.material_id, "prompt": row.prompt, "error": str(error),
+                             **dict.fromkeys(_METRICS, 0.0), "num_atoms_target": len(target)})  # fmt: skip
+                continue
+            sampling_s += time.perf_counter() - start
+            for path, structure in zip(paths, samples, strict=True):
+                structure.to(filename=str(path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scores = score_prompt(samples, target, str(row.crystal_system).lower(), matcher)
         rows.append({"material_id": row.material_id, "prompt": row.prompt, **scores})
     table = pd.DataFrame(rows)
     table.to_csv(out / "per_prompt.csv", index=False)
-    metric_cols = [c for c in table.columns if c not in ("material_id", "prompt", "n")]
+    metric_cols = [c for c in table.columns if c not in ("material_id", "prompt", "n", "error")]
     within = table[table.num_atoms_target <= generator.max_atoms] if hasattr(generator, "max_atoms") else table
     summary = {
         "protocol": {
-            "prompts": args.prompts, "n_prompts": len(table), "per_prompt": args.per_prompt, "steps": args.steps,
-            "guidance": args.guidance, "seed": args.seed, "num_atoms": "atom-count head; restricted to multiples of a formula the prompt names",
-            "matcher": {"ltol": 0.3, "stol": 0.5, "angle_tol": 10}, "symprec": 0.1,
+            "prompts": args.prompts,
+            "n_prompts": len(table),
+            "per_prompt": args.per_prompt,
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "seed": args.seed,
+            "num_atoms": "atom-count head; restricted to multiples of a formula the prompt names",
+            "matcher": {"ltol": 0.3, "stol": 0.5, "angle_tol": 10},
+            "symprec": 0.1,
             "validity": "structural (0.5 A, 0.1 A^3) + SMACT (mmcrystal.evaluation.validity defaults)",
         },  # fmt: skip
         "sampling_s": round(sampling_s, 1),
         "mean": {c: round(float(table[c].mean()), 4) for c in metric_cols},
         "mean_within_max_atoms": {c: round(float(within[c].mean()), 4) for c in metric_cols},
         "n_within_max_atoms": len(within),
+        "n_prompts_without_samples": int(table["error"].notna().sum()) if "error" in table else 0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
