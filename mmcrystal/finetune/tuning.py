@@ -13,13 +13,13 @@ The head has depth D + 1 where D is the largest backbone depth.
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
 from torch import nn
 
 from mmcrystal.finetune.config import TuningConfig
+from mmcrystal.schedules import warmup_cosine
 
 __all__ = ["tower_depths", "backbone_depths", "apply_tuning", "param_groups", "build_finetune_optimizer"]
 
@@ -184,13 +184,4 @@ def build_finetune_optimizer(model: nn.Module, optim, tuning: TuningConfig, tota
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
-    total, warmup = max(int(total_steps), 1), max(int(optim.warmup_steps), 0)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return warmup_cosine(optimizer, optim.warmup_steps, optim.min_lr_ratio, total_steps)

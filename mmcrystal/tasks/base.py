@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 
 from mmcrystal.config import register_config
+from mmcrystal.schedules import warmup_cosine
 
 __all__ = ["OptimConfig", "build_optimizer", "TaskBase"]
 
@@ -57,16 +57,7 @@ def build_optimizer(module: torch.nn.Module, cfg: OptimConfig, total_steps: int,
         for (no_decay, pretrained), params in groups.items()
     ]
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    total = max(int(total_steps), 1)
-
-    def schedule(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return warmup_cosine(optimizer, cfg.warmup_steps, cfg.min_lr_ratio, total_steps)
 
 
 class TaskBase(L.LightningModule):
