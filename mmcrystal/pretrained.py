@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from mmcrystal.config import config_from_dict, config_to_dict
 
-__all__ = ["save_pretrained", "load_pretrained"]
+__all__ = ["save_pretrained", "load_pretrained", "resolve_text_paths"]
 
 TEXT_FOLDER = "text_backbone"
 
@@ -75,7 +75,7 @@ def _retarget_text_config(node) -> None:
             _retarget_text_config(value)
 
 
-def _resolve_text_paths(node, folder: Path) -> None:
+def resolve_text_paths(node, folder: Path) -> None:
     """Point ``@pretrained/...`` text model names at ``folder``: in ``{"class_path", "init_args"}`` nodes and in the
     plain dicts that exports written before configs carried class paths use."""
     if isinstance(node, dict):
@@ -85,10 +85,10 @@ def _resolve_text_paths(node, folder: Path) -> None:
             args["model_name"] = str(folder / name.removeprefix("@pretrained/"))
             args["local_files_only"] = True
         for value in node.values():
-            _resolve_text_paths(value, folder)
+            resolve_text_paths(value, folder)
     elif isinstance(node, list):
         for value in node:
-            _resolve_text_paths(value, folder)
+            resolve_text_paths(value, folder)
 
 
 def load_pretrained(folder: str | Path, builder, map_location: str | torch.device = "cpu"):
@@ -104,7 +104,7 @@ def load_pretrained(folder: str | Path, builder, map_location: str | torch.devic
     """
     folder = Path(folder)
     meta = json.loads((folder / "config.json").read_text())
-    _resolve_text_paths(meta["config"], folder)
+    resolve_text_paths(meta["config"], folder)
     module = builder(config_from_dict(meta["config"]))
     state = load_file(str(folder / "model.safetensors"), device=str(map_location))
     missing, unexpected = module.load_state_dict(state, strict=False)

@@ -25,6 +25,7 @@ from encoders import CHGNetConfig, CSPNetConfig, TextConfig, xrd_config
 from mmcrystal.config import config_from_dict
 from mmcrystal.finetune.config import BackboneConfig
 from mmcrystal.fusion.cross_attention import FusionConfig
+from mmcrystal.pretrained import resolve_text_paths
 
 __all__ = [
     "ResolvedBackbone",
@@ -50,22 +51,6 @@ class ResolvedBackbone:
     source: str = "scratch"
 
 
-def _retarget_text(node, folder: Path) -> None:
-    """Point ``@pretrained/...`` text model names of an export's config at the export folder (both formats)."""
-    if isinstance(node, dict):
-        legacy = node.get("__type__") == "TextConfig"
-        if legacy or str(node.get("class_path", "")).endswith(".TextConfig"):
-            args = node if legacy else node.setdefault("init_args", {})
-            name = str(args.get("model_name", ""))
-            if name.startswith("@pretrained/"):
-                args.update(model_name=str(folder / name.removeprefix("@pretrained/")), local_files_only=True)
-        for value in node.values():
-            _retarget_text(value, folder)
-    elif isinstance(node, list):
-        for value in node:
-            _retarget_text(value, folder)
-
-
 def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -81,7 +66,7 @@ def read_alignment_source(path: str | Path) -> tuple[object, FusionConfig | None
         meta = json.loads(meta_path.read_text())
         if meta.get("kind") != "MultimodalCrystalModel":
             raise ValueError(f"{path} holds a {meta.get('kind')!r}, not an aligned MultimodalCrystalModel")
-        _retarget_text(meta["config"], path.resolve())
+        resolve_text_paths(meta["config"], path.resolve())
         from safetensors.torch import load_file
 
         state = {f"model.{k}": v for k, v in load_file(str(path / "model.safetensors")).items()}
