@@ -8,7 +8,10 @@ the three processes, as in training):
 and after the last step a Tweedie denoise of the coordinates at sigma_min. The grid is continuous in t, so the
 few-step setting (`SamplerConfig.few_step`) is the same loop on a coarser grid (tens of steps).
 
-Batches may mix crystal sizes (`num_atoms` per crystal). Sampling is deterministic given `seed`: every random draw
+Batches may mix crystal sizes (`num_atoms` per crystal). `allowed_types` restricts de novo atom types to a chemical
+system: the network's type logits of every other element are set to -inf before each posterior draw, i.e. the
+clean-type distribution p(x_0 | x_t) is renormalised over the allowed elements (exact for the absorbing process,
+whose reverse step only ever draws from that distribution; it is a constraint at sampling, not a learned condition). Sampling is deterministic given `seed`: every random draw
 comes from one `torch.Generator`, in a fixed order. An optional `callback(samples, batch_index)` is called after
 each finished batch so that callers can stream samples to disk.
 """
@@ -16,7 +19,7 @@ each finished batch so that callers can stream samples to disk.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -144,6 +147,7 @@ class CrystalSampler:
         atomic_numbers: torch.Tensor | None = None,
         seed: int = 0,
         callback: Callable[[SampleBatch, int], None] | None = None,
+        allowed_types: torch.Tensor | None = None,
     ) -> SampleBatch:
         """Sample one crystal per entry of `num_atoms`, in batches of `config.batch_size`.
 
@@ -153,6 +157,8 @@ class CrystalSampler:
             atomic_numbers: `(sum num_atoms,)` fixed atom types (crystal structure prediction), or None.
             seed: Seed of the generator; the same seed gives the same samples.
             callback: Called as `callback(samples, batch_index)` after each finished batch.
+            allowed_types: `(num_classes,)` or `(B, num_classes)` bool, True at the element classes (Z - 1) a
+                crystal may contain; None allows every element.
 
         Returns:
             All samples, in the order of `num_atoms`.
@@ -166,6 +172,8 @@ class CrystalSampler:
         if atomic_numbers is not None and atomic_numbers.numel() != atom_start[-1]:
             raise ValueError(f"{atomic_numbers.numel()} atomic numbers for {atom_start[-1]} atoms")
         cond = None if cond is None else cond.to(device)
+        if allowed_types is not None:
+            allowed_types = self._allowed(allowed_types, int(num_atoms.numel()), device)
         was_training = self.denoiser.training
         self.denoiser.eval()
         parts = []
@@ -175,7 +183,8 @@ class CrystalSampler:
                 hi = min(lo + size, num_atoms.numel())
                 types = None if atomic_numbers is None else atomic_numbers[atom_start[lo] : atom_start[hi]].to(device)
                 chunk_cond = None if cond is None else cond.select(slice(lo, hi))
-                samples = self.sample_batch(num_atoms[lo:hi], chunk_cond, types, generator)
+                allowed = None if allowed_types is None else allowed_types[lo:hi]
+                samples = self.sample_batch(num_atoms[lo:hi], chunk_cond, types, generator, allowed)
                 if callback is not None:
                     callback(samples, index)
                 parts.append(samples)
@@ -183,9 +192,28 @@ class CrystalSampler:
             self.denoiser.train(was_training)
         return SampleBatch.cat(parts)
 
-    def _predict(self, noisy: NoisyCrystal, t: float | torch.Tensor, cond: Condition | None):
+    def _allowed(self, allowed: torch.Tensor, num_crystals: int, device) -> torch.Tensor:
+        """`(B, num_classes)` bool from a shared `(num_classes,)` or per-crystal mask, checked."""
+        classes = self.diffusion.types.num_classes
+        allowed = torch.as_tensor(allowed, dtype=torch.bool, device=device)
+        if allowed.dim() == 1:
+            allowed = allowed.unsqueeze(0).expand(num_crystals, -1)
+        if allowed.shape != (num_crystals, classes):
+            raise ValueError(
+                f"allowed_types must be ({classes},) or ({num_crystals}, {classes}), got {tuple(allowed.shape)}"
+            )
+        if not bool(allowed.any(dim=1).all()):
+            raise ValueError("allowed_types allows no element for some crystal")
+        return allowed
+
+    def _predict(
+        self, noisy: NoisyCrystal, t: float | torch.Tensor, cond: Condition | None, allowed: torch.Tensor | None = None
+    ):
         t_batch = torch.full((noisy.num_crystals,), float(t), device=noisy.frac_coords.device)
-        return guided_denoise(self.denoiser, noisy, t_batch, cond, self.config.guidance), t_batch
+        out = guided_denoise(self.denoiser, noisy, t_batch, cond, self.config.guidance)
+        if allowed is not None:  # (B, C) -> (N, C): renormalise p(x_0 | x_t) over the chemical system
+            out = replace(out, types=out.types.float().masked_fill(~allowed[noisy.batch], float("-inf")))
+        return out, t_batch
 
     @torch.no_grad()
     def sample_batch(
@@ -194,19 +222,21 @@ class CrystalSampler:
         cond: Condition | None,
         atomic_numbers: torch.Tensor | None,
         generator: torch.Generator,
+        allowed_types: torch.Tensor | None = None,
     ) -> SampleBatch:
-        """One reverse loop over a batch of crystals (see the module docstring)."""
+        """One reverse loop over a batch of crystals (see the module docstring); `allowed_types (B, C)` bool."""
         cfg, diffusion = self.config, self.diffusion
         noisy = diffusion.prior(num_atoms, generator, atomic_numbers)
+        allowed = None if atomic_numbers is not None else allowed_types  # given types are never drawn
         times = self.time_grid().tolist()
         for t, s in zip(times[:-1], times[1:], strict=True):
             for _ in range(cfg.corrector_steps):
-                out, t_batch = self._predict(noisy, t, cond)
+                out, t_batch = self._predict(noisy, t, cond, allowed)
                 noisy = diffusion.correct(noisy, out, t_batch, cfg.step_lr, generator)
-            out, t_batch = self._predict(noisy, t, cond)
+            out, t_batch = self._predict(noisy, t, cond, allowed)
             s_batch = torch.full_like(t_batch, s)
             noisy = diffusion.step(noisy, out, t_batch, s_batch, generator, cfg.coord_eta, cfg.lattice_eta)
-        out, t_batch = self._predict(noisy, times[-1], cond)
+        out, t_batch = self._predict(noisy, times[-1], cond, allowed)
         noisy = diffusion.finalize(noisy, out, t_batch, denoise=cfg.denoise_final)
         return SampleBatch(
             lattice=noisy.lattice,

@@ -73,7 +73,7 @@ def write_samples(
         callback: `callback(structures, batch_index)` after each batch is on disk.
         rank: This process's rank; default `rank_info()` (torchrun / SLURM variables).
         merge_wait: Seconds rank 0 waits for the other ranks' batches before merging what is there.
-        **request: prompt, properties, composition, xrd, spacegroup.
+        **request: prompt, properties, composition, xrd, spacegroup, elements.
 
     Returns:
         The progress summary of OUT (rank 0 / one process) or of the rank's shard, plus "skipped_batches" (the
@@ -131,6 +131,7 @@ def sample(
     composition: str | None = None,
     xrd: str | None = None,
     spacegroup: int | str | None = None,
+    elements: str | None = None,
     num_atoms: int | list[int] | None = None,
     n: int = 64,
     steps: int = 1000,
@@ -159,6 +160,8 @@ def sample(
         xrd: Measured or simulated powder pattern file (.xy, .xye, .dat, pdCIF ...): background removed and
             resampled onto the model's 2θ grid (XRD-conditioned models).
         spacegroup: Space group number or symbol, e.g. 225 or Fm-3m (space-group-conditioned models).
+        elements: Chemical system the atom types are drawn from, e.g. Li-Fe-P-O (any de novo model; a crystal may
+            use a subset). A constraint at sampling, not a learned condition.
         num_atoms: Atoms per crystal (or one per crystal); default: predicted from the condition (or composition).
         n: Number of crystals.
         steps: Reverse-diffusion steps (below 100: the few-step sampler).
@@ -179,4 +182,4 @@ def sample(
     return write_samples(generator, out, n=n, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
                          num_atoms=num_atoms, model_id=model_fingerprint(model), rank=info, merge_wait=merge_wait,
                          prompt=prompt, properties=properties, composition=composition, xrd=xrd,
-                         spacegroup=spacegroup)  # fmt: skip
+                         spacegroup=spacegroup, elements=elements)  # fmt: skip

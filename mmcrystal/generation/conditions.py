@@ -33,6 +33,7 @@ __all__ = [
     "guidance_config",
     "load_xrd_pattern",
     "parse_composition",
+    "parse_elements",
     "parse_guidance",
     "parse_spacegroup",
     "resolve_conditions",
@@ -58,6 +59,9 @@ class SampleConditions:
         xrd_source: Where `xrd` came from: the file path, or "array", with a SHA-256 prefix of the values.
         spacegroup: International space-group number 1..230, or None.
         prompt_formula: A formula named in the prompt (`formula_in_prompt`), used for the atom count only.
+        elements: Chemical system the atom types are restricted to (sorted symbols), or None. A sampling
+            constraint, not a model condition: the type logits of every other element are masked at every reverse
+            step (`CrystalSampler`), so it works with any de novo model, conditioned or not.
     """
 
     prompt: str | None = None
@@ -67,6 +71,7 @@ class SampleConditions:
     xrd_source: str | None = None
     spacegroup: int | None = None
     prompt_formula: Any = None
+    elements: list[str] | None = None
 
     def given(self) -> list[str]:
         """Names of the conditions this request fills ("composition" also for CSP models without that condition)."""
@@ -83,7 +88,7 @@ class SampleConditions:
             "xrd": self.xrd_source,
             "spacegroup": self.spacegroup,
             "prompt_formula": None if self.prompt_formula is None else self.prompt_formula.reduced_formula,
-        }
+        } | ({"elements": self.elements} if self.elements is not None else {})
 
 
 def parse_composition(formula: str, num_elements: int = 100):
@@ -102,6 +107,26 @@ def parse_composition(formula: str, num_elements: int = 100):
     if beyond:
         raise ValueError(f"composition {formula!r} has elements beyond Z = {num_elements}: {beyond}")
     return comp
+
+
+def parse_elements(elements: str | Sequence[str], num_elements: int = 100) -> list[str]:
+    """Element symbols of a chemical system, sorted by Z, from "Li-Fe-P-O", "Li,Fe,P,O" or ["Li", "Fe", ...]."""
+    from pymatgen.core import Element
+
+    words = re.split(r"[-,\s]+", elements.strip()) if isinstance(elements, str) else [str(e).strip() for e in elements]
+    words = [w for w in words if w]
+    if not words:
+        raise ValueError(f"elements {elements!r} names no element")
+    found = []
+    for word in words:
+        try:
+            element = Element(word)
+        except ValueError:
+            raise ValueError(f"elements {elements!r}: {word!r} is not an element symbol") from None
+        if num_elements < element.Z:
+            raise ValueError(f"elements {elements!r}: {word} (Z = {element.Z}) is beyond the model's {num_elements}")
+        found.append(element)
+    return [el.symbol for el in sorted(set(found), key=lambda el: el.Z)]
 
 
 def formula_in_prompt(prompt: str, num_elements: int = 100):
@@ -196,12 +221,17 @@ def resolve_conditions(
     composition: str | None = None,
     xrd=None,
     spacegroup: int | str | None = None,
+    elements: str | Sequence[str] | None = None,
 ) -> SampleConditions:
     """Validate a request against `model` (a `CrystalDiffusionModel`) and load what needs loading.
 
+    `elements` restricts the atom types to a chemical system ("Li-Fe-P-O"); a composition, or a formula the prompt
+    names, must then lie inside it.
+
     Raises:
         ValueError: a condition the model was not trained with, an unknown property, an unparsable formula or
-            space group, an XRD file that cannot be read, or a CSP model without a composition.
+            space group, an XRD file that cannot be read, a CSP model without a composition, or a composition
+            outside the requested chemical system.
     """
     names, cfg = model.conditions.names, model.config.conditions
     csp = bool(model.config.diffusion.types.fixed_composition)
@@ -229,6 +259,12 @@ def resolve_conditions(
         out.spacegroup = parse_spacegroup(spacegroup)
     if prompt and out.composition is None:
         out.prompt_formula = formula_in_prompt(prompt, cfg.num_elements)
+    if elements is not None:
+        out.elements = parse_elements(elements, cfg.num_elements)
+        for what, comp in (("composition", out.composition), ("the formula in the prompt", out.prompt_formula)):
+            outside = sorted({el.symbol for el in comp.elements} - set(out.elements)) if comp is not None else []
+            if outside:
+                raise ValueError(f"{what} {comp.reduced_formula} has {outside}, outside elements {out.elements}")
     return out
 
 

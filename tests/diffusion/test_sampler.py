@@ -195,3 +195,34 @@ def test_fixed_composition_and_structures(tiny_sampler):
     assert [len(s) for s in structures] == [2, 3]
     assert structures[1].composition.element_composition.get("Ba") == 1.0
     assert structures[0].volume > 0
+
+
+def test_allowed_types_restrict_every_crystal_to_its_chemical_system(tiny_sampler):
+    classes = tiny_sampler.diffusion.types.num_classes
+    num_atoms = torch.tensor([4, 6, 5])
+    shared = torch.zeros(classes, dtype=torch.bool)
+    shared[[7, 21]] = True  # O (Z 8), Ti (Z 22)
+    samples = tiny_sampler.sample(num_atoms, seed=3, allowed_types=shared)
+    assert set(samples.atomic_numbers.tolist()) <= {8, 22}
+    free = tiny_sampler.sample(num_atoms, seed=3)
+    assert len(set(free.atomic_numbers.tolist()) - {8, 22}) > 0  # untrained logits: the mask is what restricts
+    # one system per crystal: crystal 1 may only hold Li (Z 3)
+    per_crystal = shared.unsqueeze(0).repeat(3, 1)
+    per_crystal[1] = False
+    per_crystal[1, 2] = True
+    mixed = tiny_sampler.sample(num_atoms, seed=3, allowed_types=per_crystal)
+    types = mixed.atomic_numbers.split(num_atoms.tolist())
+    assert set(types[1].tolist()) == {3}
+    assert set(types[0].tolist()) <= {8, 22} and set(types[2].tolist()) <= {8, 22}
+    # a full mask is the unconstrained sampler, draw for draw
+    everything = tiny_sampler.sample(num_atoms, seed=3, allowed_types=torch.ones(classes, dtype=torch.bool))
+    assert torch.equal(everything.atomic_numbers, free.atomic_numbers)
+    assert torch.equal(everything.frac_coords, free.frac_coords)
+
+
+def test_allowed_types_errors(tiny_sampler):
+    classes = tiny_sampler.diffusion.types.num_classes
+    with pytest.raises(ValueError, match="allows no element"):
+        tiny_sampler.sample([2], allowed_types=torch.zeros(classes, dtype=torch.bool))
+    with pytest.raises(ValueError, match="allowed_types must be"):
+        tiny_sampler.sample([2], allowed_types=torch.ones(classes + 1, dtype=torch.bool))
