@@ -4,7 +4,9 @@ One round k, all randomness drawn from seeds derived from (run seed, k), so a re
 one:
 
     proposals = proposer.ask(n)                      # conditions (CMA-ES points, the targets, or none)
-    crystals  = generator.sample(condition_i, seed_ki) for each proposal i
+    crystals  = generator.sample(condition_i, seed_ki) for each proposal i   (one sample_requests call over all
+                                                     proposals when the generator has it; atom types drawn from
+                                                     the chemical system when strategy.restrict_elements)
     rows      = screen(crystals)                     # chemistry, validity, SMACT, uniqueness, novelty
     mean, std = surrogate.predict(passed)            # acquisition = P(in every window)
     shortlist = top-m by acquisition (or random)     # m = oracle_per_round, within the oracle budget
@@ -135,10 +137,25 @@ class DesignLoop:
         b, st = self.cfg.budget, self.cfg.strategy
         n = b.samples_per_round if b.max_samples is None else min(b.samples_per_round, b.max_samples - state.samples)
         proposals = proposer.ask(n)
+        constraint, chem = {}, self.cfg.chemistry
+        if st.restrict_elements and chem.elements:
+            constraint = {"elements": [el for el in chem.elements if el not in set(chem.excluded)]}
+        if len(proposals) > 1 and hasattr(self.generator, "sample_requests"):
+            # every group of the round in the same reverse loops: one request per crystal, mixed conditions
+            requests = [{"prompt": st.prompt, "properties": p.properties, **constraint} for p in proposals
+                        for _ in range(p.n)]  # fmt: skip
+            flat = self.generator.sample_requests(requests, steps=st.steps, guidance=state.guidance,
+                                                  seed=derive_seed(self.cfg.seed, k), batch_size=st.batch_size)  # fmt: skip
+            if len(flat) != len(requests):
+                raise RuntimeError(f"round {k}: the generator returned {len(flat)} crystals for {len(requests)}")
+            bounds = np.cumsum([0] + [p.n for p in proposals])
+            groups = [flat[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        else:
+            groups = [self.generator.sample(prompt=st.prompt, properties=p.properties, n=p.n, steps=st.steps,
+                                            guidance=state.guidance, seed=derive_seed(self.cfg.seed, k, p.index),
+                                            **constraint) for p in proposals]  # fmt: skip
         structures, rows = [], []
-        for p in proposals:
-            sampled = self.generator.sample(prompt=st.prompt, properties=p.properties, n=p.n, steps=st.steps,
-                                            guidance=state.guidance, seed=derive_seed(self.cfg.seed, k, p.index))  # fmt: skip
+        for p, sampled in zip(proposals, groups, strict=True):
             if len(sampled) != p.n:
                 raise RuntimeError(f"round {k}: the generator returned {len(sampled)} crystals for n={p.n}")
             condition = {f"condition_{name}": v for name, v in (p.properties or {}).items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from pymatgen.core import Composition
 
 from mmcrystal.cli import main
 from mmcrystal.config import config_from_dict, config_to_dict
@@ -57,6 +58,9 @@ def tiny_decoder(tmp_path_factory, mp40_tiny):
     return task.save_pretrained(tmp_path_factory.mktemp("design_decoder") / "pretrained")
 
 
+SYSTEM = ["Mg", "Ti", "Zn", "O", "S"]
+
+
 def test_design_command_end_to_end(tmp_path, tiny_decoder, shared_data):
     reference, held_out = tmp_path / "reference.csv", tmp_path / "held_out.csv"
     pd.read_csv(shared_data / "mp_20" / "train_partial" / "opryan90_train_named_subset.csv", nrows=40).to_csv(
@@ -67,13 +71,16 @@ def test_design_command_end_to_end(tmp_path, tiny_decoder, shared_data):
     args = ["design", "--config", str(CONFIGS / "tiny" / "design.yaml"), "--decoder", str(tiny_decoder),
             "--out", str(out), "--reference", json.dumps([str(reference)]), "--cache_dir", str(tmp_path / "cache"),
             "--oracle.property_reference", json.dumps([str(held_out)]), "--screen.require_novel", "false",
-            "--chemistry.max_atoms", "12"]  # fmt: skip
+            "--chemistry.max_atoms", "12", "--chemistry.elements", json.dumps(SYSTEM)]  # fmt: skip
     main(args)
     state = json.loads((out / "state.json").read_text())
     assert state["round"] == 2 and state["samples"] == 16 and state["stopped"].startswith("budget:")
     rows = [json.loads(line) for k in range(2) for line in (out / "rounds" / f"round_{k:04d}.jsonl").open()]
     assert len(rows) == 16 and all(r["decision"] for r in rows)
     assert all(r["condition_band_gap"] is not None for r in rows)  # CMA-ES conditions went to the decoder
+    # restrict_elements (default): the decoder drew atom types from the chemical system only, so none fails it
+    assert all({el.symbol for el in Composition(r["formula"]).elements} <= set(SYSTEM) for r in rows)
+    assert not any(r["decision"].startswith("screen:chemistry") or "element" in r["decision"] for r in rows)
     assert sum(r["selected"] for r in rows) == state["oracle_calls"] <= 4
     assert json.loads((out / "config.json").read_text())["init_args"]["decoder"] == str(tiny_decoder)
     assert (out / "report.md").exists()

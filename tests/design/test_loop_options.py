@@ -4,7 +4,7 @@ decoder fine-tuning hook."""
 from __future__ import annotations
 
 import pytest
-from design_toys import WINDOW, ToyOracle
+from design_toys import WINDOW, ToyGenerator, ToyOracle
 from design_toys import run_toy as _run
 from design_toys import toy_config as _config
 from pymatgen.core import Composition
@@ -58,3 +58,45 @@ def test_decoder_fine_tuning_is_a_hook(tmp_path, toy_reference):
 
     _run(cfg, decoder_update=update)
     assert len(calls) == 2 and all(all(hits) for _, hits in calls)
+
+
+class _BatchingToy(ToyGenerator):
+    """The toy decoder with `sample_requests` (one crystal per request), recording the calls and constraints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batched, self.constraints = [], []
+
+    def sample(self, prompt=None, properties=None, n=16, steps=50, guidance=2.0, seed=0, **extra):
+        self.constraints.append(extra.get("elements"))
+        return super().sample(prompt, properties, n, steps, guidance, seed)
+
+    def sample_requests(self, requests, steps=50, guidance=2.0, seed=0, batch_size=64):
+        self.batched.append(len(requests))
+        self.constraints += [r.get("elements") for r in requests]
+        return [super(_BatchingToy, self).sample(properties=r["properties"], n=1, guidance=guidance, seed=seed + i)[0]
+                for i, r in enumerate(requests)]  # fmt: skip
+
+
+def test_round_samples_in_one_batched_call_with_the_chemical_system(tmp_path, toy_reference):
+    from dataclasses import replace
+
+    from design_toys import ToySurrogate
+
+    from mmcrystal.design.config import ChemistryConstraints
+    from mmcrystal.design.run import run_design
+
+    chemistry = ChemistryConstraints(elements=["Na", "K", "Rb", "F", "Cl", "Br", "I"], excluded=["Rb"])
+    cfg = _config(tmp_path / "b", toy_reference, chemistry=chemistry,
+                  budget=BudgetConfig(max_rounds=2, samples_per_round=12, oracle_per_round=2))  # fmt: skip
+    toy = _BatchingToy()
+    run_design(cfg, toy, ToySurrogate(), ToyOracle())
+    assert toy.batched == [12, 12]  # every CMA-ES group of a round in one call
+    assert toy.constraints == [["Na", "K", "F", "Cl", "Br", "I"]] * 24  # less the excluded Rb
+    rows = RunStore.reader(tmp_path / "b").all_rows(2)
+    assert len({r["group"] for r in rows}) > 1 and len(rows) == 24
+    # the constraint can be switched off (then the screen alone enforces the system); one group: plain sample()
+    plain = _BatchingToy()
+    cfg = replace(cfg, out=str(tmp_path / "c"), strategy=StrategyConfig(kind="conditional", restrict_elements=False))
+    run_design(cfg, plain, ToySurrogate(), ToyOracle())
+    assert plain.batched == [] and plain.constraints == [None, None]
