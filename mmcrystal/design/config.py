@@ -141,8 +141,12 @@ class StrategyConfig:
         active_learning: Fine-tune the surrogate on every oracle-scored candidate after each round.
         finetune_steps: Fine-tuning steps per update (`PropertyModel.fine_tune`).
         finetune_lr: Fine-tuning learning rate.
-        finetune_decoder: Also fine-tune the decoder on accepted candidates. A hook only: `run_design` takes a
-            `decoder_update` callable; without one this flag is an error.
+        finetune_decoder: Also fine-tune the decoder on accepted candidates (S.U.N. hits, conditioned on their oracle
+            values) after each round with hits: `DecoderFineTuner` (mmcrystal/design/decoder_update.py), or the
+            `decoder_update` callable given to `run_design`.
+        decoder_steps: Optimiser steps per decoder update.
+        decoder_lr: Learning rate of decoder updates (small: nudge the decoder, do not retrain it).
+        decoder_batch_size: Crystals per decoder-update step, drawn from every hit so far.
     """
 
     kind: Literal["random", "conditional", "cmaes"] = "cmaes"
@@ -160,6 +164,9 @@ class StrategyConfig:
     finetune_steps: int = 50
     finetune_lr: float = 1e-3
     finetune_decoder: bool = False
+    decoder_steps: int = 20
+    decoder_lr: float = 1e-5
+    decoder_batch_size: int = 16
 
 
 @register_config

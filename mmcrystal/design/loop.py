@@ -79,8 +79,10 @@ class DesignLoop:
         screen: `CandidateScreen`.
         density: Training-density reference for the shift monitor (None: not monitored).
         featurize: Structures -> `(N, F)` features of the diversity and shift monitors.
-        decoder_update: Optional hook `(generator, structures, oracle_rows) -> generator` called after each round
-            with the round's hits (decoder fine-tuning); needed when `strategy.finetune_decoder` is set.
+        decoder_update: Optional `(generator, structures, oracle_rows) -> generator` called after each round with
+            the round's hits (decoder fine-tuning, e.g. `DecoderFineTuner`); needed when
+            `strategy.finetune_decoder` is set. On resume it is called again for the finished rounds, in order, so
+            a deterministic update rebuilds the same decoder.
         on_round_end: Optional `callback(round, summary)` after each stored round (progress, interruption tests).
     """
 
@@ -88,10 +90,8 @@ class DesignLoop:
                  density: DensityReference | None, featurize: Callable, decoder_update: Callable | None = None,
                  on_round_end: Callable[[int, dict], None] | None = None) -> None:  # fmt: skip
         if config.strategy.finetune_decoder and decoder_update is None:
-            raise NotImplementedError(
-                "strategy.finetune_decoder is a hook: pass decoder_update=... to run_design (no built-in decoder "
-                "fine-tuning yet)"
-            )
+            raise ValueError("strategy.finetune_decoder needs a decoder_update (run_design builds DecoderFineTuner "
+                             "for a CrystalGenerator)")  # fmt: skip
         self.cfg, self.generator, self.base_surrogate, self.oracle = config, generator, surrogate, oracle
         self.screen, self.density, self.featurize = screen, density, featurize
         self.decoder_update, self.on_round_end = decoder_update, on_round_end
@@ -109,6 +109,9 @@ class DesignLoop:
             self.screen.remember(firsts, [structures[i] for i in firsts])
             self.labelled += [(structures[r["id"]], [r[n] for n in self.names]) for r in rows if r.get("selected")
                               and r.get("oracle_status") == "ok"]  # fmt: skip
+            if self.decoder_update is not None:  # replay the finished rounds' decoder updates
+                hits = [r for r in rows if r.get("hit")]
+                self.generator = self.decoder_update(self.generator, [structures[r["id"]] for r in hits], hits)
 
     def _surrogate(self, k: int):
         if not (self.cfg.strategy.active_learning and self.labelled):

@@ -183,6 +183,16 @@ def run_design(
     index = load_reference_index(cfg)
     if index is None:
         log.warning("no reference structures: novelty is not judged (every candidate counts as novel)")
+    if cfg.strategy.finetune_decoder and decoder_update is None:
+        if not callable(getattr(getattr(generator, "model", None), "losses", None)):
+            raise ValueError("strategy.finetune_decoder needs a CrystalGenerator (a decoder with a training loss) or "
+                             "a decoder_update callable")  # fmt: skip
+        from mmcrystal.design.decoder_update import DecoderFineTuner
+        from mmcrystal.design.loop import derive_seed
+
+        st = cfg.strategy
+        decoder_update = DecoderFineTuner(st.decoder_steps, st.decoder_lr, st.decoder_batch_size,
+                                          seed=derive_seed(cfg.seed, "decoder"))  # fmt: skip
     featurize = _featurizer(cfg.monitors)
     density = build_density_reference(index, cfg.monitors, featurize, cfg.seed)
     loop = DesignLoop(

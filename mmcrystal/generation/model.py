@@ -24,6 +24,7 @@ from mmcrystal.diffusion import (
     LatticeNormalization,
     NumAtomsConfig,
     NumAtomsPredictor,
+    drop_conditions,
     histogram_prior,
 )
 from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionEncoder, ConditionInputs
@@ -137,6 +138,38 @@ class CrystalDiffusionModel(nn.Module):
     def condition(self, inputs: ConditionInputs) -> Condition | None:
         """Condition tokens of B samples, or None for an unconditional model."""
         return self.conditions(inputs)
+
+    def losses(
+        self,
+        batch,
+        generator: torch.Generator | None = None,
+        denoiser: nn.Module | None = None,
+        num_atoms_weight: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """Training losses of a `MultimodalBatch` (the one objective of `CrystalDiffusion` and of design-loop
+        decoder updates): keys loss, loss_coords, loss_lattice, loss_types, loss_num_atoms.
+
+        cond = condition encoder(batch), each condition dropped with its training probability (CFG);
+        t ~ U per crystal; noisy, targets = corrupt(crystal, t); loss = JointDiffusion.loss(denoiser(noisy, t, cond))
+        + num_atoms_weight x CE(atom-count head(pooled cond), num_atoms). All noise from `generator` (global RNG
+        when None); `denoiser` defaults to `self.denoiser` (the task passes its EMA copy for validation).
+        """
+        if self.normalization is None:
+            raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
+        device = self.atom_count_prior.device
+        crystal = batch.crystal.to(device)
+        inputs = ConditionInputs.from_batch(
+            batch, self.config.conditions.properties, self.conditions.config.num_elements
+        )
+        cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
+        t = self.diffusion.sample_time(crystal.num_graphs, generator, device=device)  # (B,)
+        noisy, targets = self.diffusion.corrupt(crystal, t, generator)
+        losses = self.diffusion.loss((denoiser or self.denoiser)(noisy, t, cond), targets, noisy, t)
+        width = self.num_atoms.config.cond_dim
+        pooled = cond.pooled() if cond is not None else crystal.lattice.new_zeros(crystal.num_graphs, width)
+        losses["loss_num_atoms"] = self.num_atoms.loss(self.num_atoms(pooled), crystal.num_atoms)
+        losses["loss"] = losses["loss"] + num_atoms_weight * losses["loss_num_atoms"]
+        return losses
 
 
 def model_fingerprint(folder: str | Path) -> str:

@@ -22,8 +22,8 @@ import torch
 
 from mmcrystal.config import config_from_dict, config_to_dict
 from mmcrystal.data.batch import CrystalBatch, MultimodalBatch
-from mmcrystal.diffusion import DenoiserConfig, DiffusionConfig, NumAtomsConfig, drop_conditions
-from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionInputs
+from mmcrystal.diffusion import DenoiserConfig, DiffusionConfig, NumAtomsConfig
+from mmcrystal.diffusion.conditioning import ConditionConfig
 from mmcrystal.diffusion.ema import EMA
 from mmcrystal.generate import CrystalDiffusionModel, DiffusionModelConfig, normalization_from_manifest
 from mmcrystal.pretrained import save_pretrained
@@ -149,22 +149,8 @@ class CrystalDiffusion(TaskBase):
         self, batch: MultimodalBatch, generator: torch.Generator | None = None, use_ema: bool = False
     ) -> dict[str, torch.Tensor]:
         """The losses of one batch (keys `LOSS_KEYS`); all noise from `generator` (global RNG when None)."""
-        if self.model.normalization is None:
-            raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
-        model, crystal = self.model, batch.crystal.to(self.device)
-        inputs = ConditionInputs.from_batch(
-            batch, model.config.conditions.properties, model.conditions.config.num_elements
-        )
-        cond = drop_conditions(model.condition(inputs), self.drop_probs, generator)
-        t = model.diffusion.sample_time(crystal.num_graphs, generator, device=self.device)  # (B,)
-        noisy, targets = model.diffusion.corrupt(crystal, t, generator)
-        denoiser = self.ema.module if use_ema else model.denoiser
-        losses = model.diffusion.loss(denoiser(noisy, t, cond), targets, noisy, t)
-        width = model.num_atoms.config.cond_dim
-        pooled = cond.pooled() if cond is not None else crystal.lattice.new_zeros(crystal.num_graphs, width)
-        losses["loss_num_atoms"] = model.num_atoms.loss(model.num_atoms(pooled), crystal.num_atoms)
-        losses["loss"] = losses["loss"] + self.hparams["num_atoms_weight"] * losses["loss_num_atoms"]
-        return losses
+        denoiser = self.ema.module if use_ema else self.model.denoiser
+        return self.model.losses(batch, generator, denoiser, self.hparams["num_atoms_weight"])
 
     def _log_losses(self, losses: dict[str, torch.Tensor], split: str, batch_size: int) -> None:
         for key in LOSS_KEYS:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from pymatgen.core import Composition
 
 from mmcrystal.cli import main
@@ -39,23 +38,6 @@ def test_help_is_built_from_the_signature(capsys):
 def test_a_design_run_needs_an_objective():
     with pytest.raises(ValueError, match="objective"):
         DesignConfig()
-
-
-@pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory, mp40_tiny):
-    """An untrained band-gap decoder with the MP-40 subset's statistics, exported like a trained one."""
-    from mmcrystal.diffusion import DenoiserConfig, NumAtomsConfig
-    from mmcrystal.diffusion.conditioning import ConditionConfig
-    from mmcrystal.tasks.diffusion import CrystalDiffusion
-
-    torch.manual_seed(0)
-    task = CrystalDiffusion(
-        denoiser=DenoiserConfig(hidden_dim=16, num_layers=1, num_freqs=2, time_dim=8, num_heads=2),
-        conditions=ConditionConfig(conditions=["properties"], cond_dim=16, properties=["band_gap"]),
-        num_atoms=NumAtomsConfig(hidden_dim=16, num_layers=2, max_atoms=12),
-        manifest_root=str(mp40_tiny),
-    )
-    return task.save_pretrained(tmp_path_factory.mktemp("design_decoder") / "pretrained")
 
 
 SYSTEM = ["Mg", "Ti", "Zn", "O", "S"]
