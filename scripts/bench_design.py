@@ -6,6 +6,8 @@ training structures) and inside every objective window; the figure of merit is h
     random       unconditional samples, a random shortlist of the screened ones
     conditional  the window's centre as the property condition, a random shortlist (plain conditional sampling)
     loop         CMA-ES over the condition, surrogate-ranked shortlist, active learning, monitors
+    loop_decoder the loop, and the decoder fine-tuned on each round's hits (DecoderFineTuner; on a copy of the
+                 decoder, so the other strategies see the original)
 
 The decoder, the training reference, the surrogate and the oracle are loaded once and shared (each strategy gets
 its own oracle call counter and run folder under --out). Every strategy runs the same recipe otherwise.
@@ -30,6 +32,7 @@ STRATEGIES = {
     "conditional": dict(kind="conditional", selection="random", active_learning=False),
     "conditional_ranked": dict(kind="conditional", selection="acquisition", active_learning=False),
     "loop": dict(kind="cmaes", selection="acquisition", active_learning=True),
+    "loop_decoder": dict(kind="cmaes", selection="acquisition", active_learning=True, finetune_decoder=True),
 }
 
 
@@ -97,13 +100,15 @@ def main() -> None:
     surrogate = build_surrogate(base)
     shared_oracle = build_oracle(base, load_reference_index(base))
     setup_s = time.perf_counter() - start
-    results = {}
+    previous = Path(args.out) / "results.json"  # strategies run by earlier calls into the same --out stay listed
+    results = json.loads(previous.read_text())["results"] if previous.exists() else {}
     for name in args.strategies:
         strategy = replace(base.strategy, **STRATEGIES[name])
         cfg = replace(copy.deepcopy(base), out=str(Path(args.out) / name), strategy=strategy)
         oracle = DesignOracle(shared_oracle.property_model, shared_oracle.stability)  # its own call counter
         began = time.perf_counter()
-        summary = run_design(cfg, generator, surrogate, oracle)
+        decoder = copy.deepcopy(generator) if strategy.finetune_decoder else generator  # updated in place
+        summary = run_design(cfg, decoder, surrogate, oracle)
         state = json.loads((Path(cfg.out) / "state.json").read_text())
         results[name] = {**run_totals(state["history"]), "rounds": state["round"], "stopped": state["stopped"],
                          "wall_s": round(time.perf_counter() - began, 1), "report": summary.get("report")}  # fmt: skip
