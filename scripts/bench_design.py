@@ -39,7 +39,7 @@ STRATEGIES = {
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/design/band_gap_window.yaml", help="design recipe")
-    parser.add_argument("--decoder", required=True, help="band-gap-conditioned decoder folder")
+    parser.add_argument("--decoder", help="band-gap-conditioned decoder folder (needed unless --table-only)")
     parser.add_argument("--surrogate", nargs="*", default=None, help="PropertyPredictor folder(s) (default: ridge)")
     parser.add_argument("--oracle-models", nargs="*", default=None, help="held-out PropertyPredictor folder(s)")
     parser.add_argument("--oracle-calls", type=int, default=200, help="oracle budget of every strategy")
@@ -54,7 +54,37 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument(
+        "--e-hull-floor",
+        type=float,
+        default=-0.1,
+        help="also count hits with E_hull >= this (eV/atom): far below a sparse hull is suspect",
+    )
+    parser.add_argument("--table-only", action="store_true", help="rewrite results.md from --out, run nothing")
     return parser.parse_args()
+
+
+def _floored_hits(run: Path, floor: float) -> int:
+    """Hits of a finished strategy folder whose E_hull is >= floor (read from its round tables)."""
+    from mmcrystal.design.store import RunStore
+
+    rounds = json.loads((run / "state.json").read_text())["round"]
+    rows = RunStore.reader(run).all_rows(rounds)
+    return sum(1 for r in rows if r.get("hit") and r.get("e_hull") is not None and float(r["e_hull"]) >= floor)
+
+
+def _write_table(out: Path, results: dict, floor: float) -> str:
+    lines = ["| strategy | oracle calls | samples | passed screen | S.U.N. | in target | hits | hits / 100 oracle calls "
+             f"| hits with E_hull >= {floor:g} | S.U.N. / 100 oracle calls | wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in results.items():
+        floored = _floored_hits(out / name, floor)
+        lines.append(f"| {name} | {r['oracle_calls']:.0f} | {r['samples']:.0f} | {r['passed']:.0f} | {r['sun']:.0f} "
+                     f"| {r['in_target']:.0f} | {r['hits']:.0f} | {r['hits_per_100_oracle_calls']:.1f} | {floored} "
+                     f"| {r['sun_per_100_oracle_calls']:.1f} | {r['wall_s']} |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
 
 
 def _base_config(args):
@@ -92,6 +122,12 @@ def main() -> None:
     from mmcrystal.generate import CrystalGenerator
 
     args = _args()
+    if args.table_only:
+        print(_write_table(Path(args.out), json.loads((Path(args.out) / "results.json").read_text())["results"],
+                           args.e_hull_floor))  # fmt: skip
+        return
+    if not args.decoder:
+        raise SystemExit("--decoder is needed to run the benchmark")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = _base_config(args)
@@ -117,14 +153,7 @@ def main() -> None:
     payload = {"config": args.config, "decoder": base.decoder, "oracle_calls": args.oracle_calls,
                "setup_s": round(setup_s, 1), "results": results}  # fmt: skip
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
-    lines = ["| strategy | oracle calls | samples | passed screen | S.U.N. | in target | hits | hits / 100 oracle calls "
-             "| S.U.N. / 100 oracle calls | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['oracle_calls']:.0f} | {r['samples']:.0f} | {r['passed']:.0f} | {r['sun']:.0f} "
-                     f"| {r['in_target']:.0f} | {r['hits']:.0f} | {r['hits_per_100_oracle_calls']:.1f} "
-                     f"| {r['sun_per_100_oracle_calls']:.1f} | {r['wall_s']} |")  # fmt: skip
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(_write_table(out, results, args.e_hull_floor))
 
 
 if __name__ == "__main__":

@@ -226,6 +226,9 @@ class OracleConfig:
         stability: "chgnet" (E_hull from CHGNet energies against a self-consistent hull of the training
             structures) or "none" (no stability judgement: every candidate counts as stable).
         e_hull_max: Candidates with E_hull <= this (eV/atom) are stable (the S of S.U.N.).
+        e_hull_min: Candidates with E_hull below this (eV/atom) are not counted as stable (None: no floor). Far
+            below a hull usually means the hull misses a competing phase (a partial training copy) or the potential
+            relaxed the candidate into an artefact, not a new ground state; the value is kept in the row either way.
         relax: Relax candidates with CHGNet before taking the energy (else single points).
         fmax: Relaxation force threshold in eV/Å.
         relax_steps: Most relaxation steps per candidate.
@@ -238,6 +241,7 @@ class OracleConfig:
     property_reference: list[str] | None = None
     stability: Literal["chgnet", "none"] = "chgnet"
     e_hull_max: float = 0.1
+    e_hull_min: float | None = None
     relax: bool = True
     fmax: float = 0.1
     relax_steps: int = 200

@@ -229,14 +229,16 @@ class DesignLoop:
         results = self.oracle.evaluate([structures[i] for i in shortlist])
         for i, result in zip(shortlist, results, strict=True):
             row = rows[i]
-            row.update({key: result.get(key) for key in ("e_hull", "hull_status", "oracle_status", "relax_steps")})
+            row.update({key: result.get(key) for key in ("e_final", "e_hull", "hull_status", "oracle_status",
+                                                         "relax_steps")})  # fmt: skip
             row.update({n: float(result.get(n, math.nan)) for n in self.names})
             ok = result.get("oracle_status") == "ok"
             values = {n: row[n] for n in self.names}
             row["violation"] = objective_violation(values, self.cfg.objectives)
             row["in_target"] = ok and in_targets(values, self.cfg.objectives)
             e_hull = math.nan if row["e_hull"] is None else float(row["e_hull"])
-            row["stable"] = ok and math.isfinite(e_hull) and e_hull <= e_hull_max
+            floor = self.cfg.oracle.e_hull_min
+            row["stable"] = ok and math.isfinite(e_hull) and e_hull <= e_hull_max and (floor is None or e_hull >= floor)
             row["sun"] = row["stable"] and bool(row.get("unique")) and bool(row.get("novel"))
             row["hit"] = row["sun"] and row["in_target"]
             row["decision"] = "hit" if row["hit"] else ("oracle:miss" if ok else f"oracle:{row['oracle_status']}")

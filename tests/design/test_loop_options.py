@@ -100,3 +100,20 @@ def test_round_samples_in_one_batched_call_with_the_chemical_system(tmp_path, to
     cfg = replace(cfg, out=str(tmp_path / "c"), strategy=StrategyConfig(kind="conditional", restrict_elements=False))
     run_design(cfg, plain, ToySurrogate(), ToyOracle())
     assert plain.batched == [] and plain.constraints == [None, None]
+
+
+def test_e_hull_floor_keeps_far_below_hull_candidates_out_of_sun(tmp_path, toy_reference):
+    from dataclasses import replace
+
+    from mmcrystal.design.config import OracleConfig
+
+    budget = BudgetConfig(max_rounds=2, samples_per_round=16, oracle_per_round=4)
+    plain = _config(tmp_path / "plain", toy_reference, budget=budget)
+    _run(plain)
+    floored = replace(plain, out=str(tmp_path / "floor"), oracle=OracleConfig(stability="none", e_hull_min=0.01))
+    _run(floored)  # the toy oracle puts non-iodides exactly on the hull (0.0 eV/atom): below the 0.01 floor
+    rows = {name: RunStore.reader(tmp_path / name).all_rows(2) for name in ("plain", "floor")}
+    assert sum(r["sun"] for r in rows["plain"] if r["selected"]) > 0
+    scored = [r for r in rows["floor"] if r["selected"]]
+    assert scored and not any(r["stable"] or r["hit"] for r in scored)
+    assert all(r["e_hull"] is not None for r in scored)  # the value stays in the table
