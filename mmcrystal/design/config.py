@@ -205,12 +205,19 @@ class SurrogateConfig:
         members: Members of the ridge ensemble.
         alpha: Ridge penalty (on standardised features).
         max_train: At most this many reference structures train the ridge ensemble (seeded subset).
+        residual_std: {property: sigma} in property units, added in quadrature to the std of `models` (their
+            irreducible error: about 1.25 x a held-out MAE for Gaussian errors). One fine-tuned model without MC
+            dropout reports zero spread; without this its acquisition is a step function and the exploitation
+            monitor's z-score is undefined (the monitor then says so instead of firing).
+        mc_samples: MC-dropout passes of `models` (0: the ensemble spread only).
     """
 
     models: list[str] = field(default_factory=list)
     members: int = 8
     alpha: float = 1.0
     max_train: int | None = 5000
+    residual_std: dict[str, float] = field(default_factory=dict)
+    mc_samples: int = 0
 
 
 @register_config

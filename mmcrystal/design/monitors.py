@@ -39,6 +39,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+DEGENERATE_STD = 1e-6  # a surrogate std at or below this (a single deterministic model) gives no z-score
+
 
 @dataclass
 class MonitorReading:
@@ -170,18 +172,22 @@ def feature_spread(features, density: DensityReference | None = None) -> float:
 def surrogate_exploitation(shortlist: Sequence[dict], screened: Sequence[dict], names: Sequence[str],
                            cfg: MonitorConfig) -> MonitorReading:  # fmt: skip
     """Surrogate-vs-oracle gap and ensemble disagreement of the shortlist (rows with sur_<p>_mean/_std, <p>)."""
-    z, gaps = [], {}
+    z, gaps, degenerate = [], {}, 0
     for name in names:
         errors = [(r[f"sur_{name}_mean"] - r[name], r[f"sur_{name}_std"]) for r in shortlist
                   if r.get("oracle_status") == "ok" and math.isfinite(r.get(name, math.nan))]  # fmt: skip
         gaps[f"gap_{name}"] = _mean(abs(e) for e, _ in errors)
         gaps[f"bias_{name}"] = _mean(e for e, _ in errors)
-        z += [abs(e) / max(s, 1e-9) for e, s in errors]
+        z += [abs(e) / s for e, s in errors if s > DEGENERATE_STD]
+        degenerate += sum(s <= DEGENERATE_STD for _, s in errors)
     selected = _mean(r[f"sur_{n}_std"] for r in shortlist for n in names)
     typical = [r[f"sur_{n}_std"] for r in screened for n in names if f"sur_{n}_std" in r]
     ratio = selected / float(np.median(typical)) if typical and np.median(typical) > 0 else math.nan
-    values = {"z": _mean(z), "disagreement_ratio": ratio, **gaps}
+    values = {"z": _mean(z), "disagreement_ratio": ratio, "zero_std": degenerate, **gaps}
     reasons = []
+    if degenerate:  # a deterministic surrogate: z is undefined for these rows, not infinite
+        log.warning("exploitation: %d shortlisted predictions have zero surrogate std; their z is not scored (set "
+                    "surrogate.residual_std or use an ensemble)", degenerate)  # fmt: skip
     if values["z"] > cfg.exploitation_max_z:
         reasons.append(f"|surrogate - oracle| / std = {values['z']:.2f} > {cfg.exploitation_max_z}")
     if ratio > cfg.disagreement_max_ratio:

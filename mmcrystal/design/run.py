@@ -124,7 +124,10 @@ def build_surrogate(cfg: DesignConfig):
     from mmcrystal.design.surrogates import PretrainedPropertyModel, train_ridge_ensemble
 
     if cfg.surrogate.models:
-        return PretrainedPropertyModel(cfg.surrogate.models, device=cfg.device)
+        s = cfg.surrogate
+        return PretrainedPropertyModel(
+            s.models, device=cfg.device, residual_std=s.residual_std, mc_samples=s.mc_samples
+        )
     if not cfg.reference:
         raise ValueError("no surrogate: give surrogate.models or labelled reference structures")
     s = cfg.surrogate

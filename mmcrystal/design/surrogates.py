@@ -64,8 +64,16 @@ class PretrainedPropertyModel:
         device: Device to load onto ("cpu" loads with the predictor's defaults).
     """
 
-    def __init__(self, paths: str | Sequence[str], predictor: Any = None, device: str = "cpu") -> None:
-        self.device = device
+    def __init__(
+        self,
+        paths: str | Sequence[str],
+        predictor: Any = None,
+        device: str = "cpu",
+        residual_std: dict[str, float] | None = None,
+        mc_samples: int = 0,
+    ) -> None:
+        self.device, self.mc_samples = device, int(mc_samples)
+        self.residual_std = {k: float(v) for k, v in (residual_std or {}).items()}
         self.paths = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
         if not self.paths:
             raise ValueError("PretrainedPropertyModel needs at least one folder")
@@ -83,7 +91,10 @@ class PretrainedPropertyModel:
                 ) from exc
             path = self.paths[0] if len(self.paths) == 1 else self.paths
             kwargs = {} if self.device == "cpu" else {"device": self.device}
-            self._predictor = PropertyPredictor.from_pretrained(path, **kwargs)
+            self._predictor = PropertyPredictor.from_pretrained(path, mc_samples=self.mc_samples, **kwargs)
+            unknown = set(self.residual_std) - set(self._predictor.property_names)
+            if unknown:
+                raise ValueError(f"residual_std for {sorted(unknown)}, which the model does not predict")
         return self._predictor
 
     @property
@@ -91,12 +102,17 @@ class PretrainedPropertyModel:
         return list(self.predictor.property_names)
 
     def predict(self, structures: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) `(N, T)`; std is the ensemble / MC-dropout spread and `residual_std` added in quadrature (a
+        single deterministic model reports zero spread, which would make every z-score and window probability
+        degenerate)."""
         mean, std = self.predictor.predict(list(structures))
-        return np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+        mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+        residual = np.array([self.residual_std.get(n, 0.0) for n in self.property_names])  # (T,)
+        return mean, np.sqrt(std**2 + residual**2)
 
     def fine_tune(self, structures, targets, steps: int, lr: float, seed: int) -> PretrainedPropertyModel:
         tuned = self.predictor.fine_tune(list(structures), np.asarray(targets, float), steps=steps, lr=lr, seed=seed)
-        return PretrainedPropertyModel(self.paths, tuned, self.device)
+        return PretrainedPropertyModel(self.paths, tuned, self.device, self.residual_std, self.mc_samples)
 
 
 def structure_features(structures: Sequence, include_structure: bool = False) -> np.ndarray:

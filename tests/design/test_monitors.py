@@ -37,6 +37,17 @@ def test_exploitation_fires_on_a_biased_surrogate_only():
     assert "surrogate - oracle" in biased.reason
 
 
+def test_exploitation_does_not_fire_on_a_deterministic_surrogate_without_evidence(caplog):
+    """A single fine-tuned model reports std 0: z is undefined (counted and logged), not infinite."""
+    zero = [{**r, "sur_band_gap_std": 0.0} for r in _scored(0.1, 0.2)]
+    reading = surrogate_exploitation(zero, zero * 5, ["band_gap"], CFG)
+    assert not reading.fired and math.isnan(reading.values["z"]) and reading.values["zero_std"] == len(zero)
+    assert "zero surrogate std" in caplog.text
+    biased = [{**r, "sur_band_gap_std": 0.0} for r in _scored(1.5, 0.2)]
+    assert not surrogate_exploitation(biased, biased, ["band_gap"], CFG).fired  # no z; the gap is still reported
+    assert surrogate_exploitation(biased, biased, ["band_gap"], CFG).values["gap_band_gap"] > 1.0
+
+
 def test_exploitation_fires_when_selection_chases_disagreement():
     screened = _scored(0.0, 0.1, 40)
     selected = [{**r, "sur_band_gap_std": 1.0, "sur_band_gap_mean": r["band_gap"]} for r in screened[:4]]

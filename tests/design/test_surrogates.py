@@ -66,7 +66,7 @@ def test_pretrained_adapter_is_lazy_and_delegates(monkeypatch, binaries):
             self.offset = offset
 
         @classmethod
-        def from_pretrained(cls, path):
+        def from_pretrained(cls, path, mc_samples=0):
             loaded.append(path)
             return cls()
 
@@ -84,6 +84,14 @@ def test_pretrained_adapter_is_lazy_and_delegates(monkeypatch, binaries):
     assert adapter.property_names == ["band_gap"] and loaded == [["a", "b"]]
     tuned = adapter.fine_tune(binaries[:3], np.array([[3.0], [3.0], [3.0]]), steps=5, lr=1e-3, seed=0)
     assert np.allclose(tuned.predict(binaries[:2])[0], 3.0) and np.allclose(adapter.predict(binaries[:2])[0], 1.0)
+    assert np.allclose(adapter.predict(binaries[:2])[1], 0.1)  # the model's own spread
+    # a residual sigma is added in quadrature, and survives fine-tuning
+    calibrated = PretrainedPropertyModel("c", residual_std={"band_gap": 0.3})
+    assert np.allclose(calibrated.predict(binaries[:2])[1], np.hypot(0.1, 0.3))
+    tuned = calibrated.fine_tune(binaries[:3], np.array([[3.0], [3.0], [3.0]]), steps=5, lr=1e-3, seed=0)
+    assert np.allclose(tuned.predict(binaries[:2])[1], np.hypot(0.1, 0.3))
+    with pytest.raises(ValueError, match="residual_std"):
+        PretrainedPropertyModel("d", residual_std={"e_form": 0.1}).predict(binaries[:1])
 
 
 def test_pretrained_adapter_without_the_finetune_package_says_so(monkeypatch):
