@@ -76,9 +76,15 @@ def main() -> None:
     pd.DataFrame(per_sample).to_csv(out / "per_sample.csv", index=False)
     payload = {
         "protocol": {
-            "decoder": args.model, "property_model": args.property_model, "property": args.property,
-            "tolerance": args.tolerance, "steps": args.steps, "guidance": args.guidance, "n": args.n,
-            "seed": args.seed, "num_atoms": "decoder's atom-count head",
+            "decoder": args.model,
+            "property_model": args.property_model,
+            "property": args.property,
+            "tolerance": args.tolerance,
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "n": args.n,
+            "seed": args.seed,
+            "num_atoms": "decoder's atom-count head",
             "validity": "structural + SMACT (mmcrystal.evaluation.validity defaults)",
             "baseline": "the same decoder with the property condition dropped, scored against each target",
         },  # fmt: skip
