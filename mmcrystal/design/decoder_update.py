@@ -56,7 +56,7 @@ class DecoderFineTuner:
         self.steps, self.lr, self.batch_size, self.seed = int(steps), float(lr), int(batch_size), int(seed)
         self.property_names = None if property_names is None else list(property_names)
         self.max_grad_norm = float(max_grad_norm)
-        self.buffer: list[tuple[Any, dict[str, float]]] = []
+        self.buffer: list[tuple[Any, dict[str, float], dict]] = []  # (structure, conditions, decoded sample)
         self.updates = 0
         self.history: list[dict[str, float]] = []
 
@@ -74,7 +74,8 @@ class DecoderFineTuner:
         names = self.property_names if self.property_names is not None else conditioned
         for structure, row in zip(structures, rows, strict=True):
             values = {n: float(row[n]) for n in names if n in row and row[n] is not None and math.isfinite(row[n])}
-            self.buffer.append((structure, values))
+            # converted to a sample once, when it joins the buffer (steps draw from it many times)
+            self.buffer.append((structure, values, structure_sample(structure, f"hit{len(self.buffer)}", values)))
         if not structures or not self.buffer:
             return generator
         seed = self._seed()
@@ -87,8 +88,7 @@ class DecoderFineTuner:
         try:
             for _ in range(self.steps):
                 picks = rng.integers(len(self.buffer), size=self.batch_size)
-                samples = [structure_sample(self.buffer[i][0], f"hit{i}", self.buffer[i][1]) for i in picks]
-                batch = collate_samples(samples, property_names=list(conditioned))
+                batch = collate_samples([self.buffer[i][2] for i in picks], property_names=list(conditioned))
                 loss = model.losses(batch, generator=noise)["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -202,6 +202,15 @@ class CrystalGenerator:
                 cell_atomic_numbers(comp, n)  # raises if n is not a whole number of formula units
         return counts
 
+    def _fixed_types(self, requests: Sequence[SampleConditions], counts: torch.Tensor) -> torch.Tensor | None:
+        """`(sum counts,)` atomic numbers of each request's composition at its cell size (CSP models), else None."""
+        if not self.csp:
+            return None
+        numbers = [
+            z for r, c in zip(requests, counts.tolist(), strict=True) for z in cell_atomic_numbers(r.composition, c)
+        ]
+        return torch.tensor(numbers, dtype=torch.long)
+
     def sampler(
         self,
         steps: int,
@@ -250,10 +259,7 @@ class CrystalGenerator:
             lo, hi = index * batch_size, min((index + 1) * batch_size, n)
             chosen = None if given is None else given[lo:hi]
             counts = self.atom_counts(conditions, cond, range(lo, hi), seed, chosen)
-            types = None
-            if self.csp:
-                numbers = [z for c in counts.tolist() for z in cell_atomic_numbers(conditions.composition, c)]
-                types = torch.tensor(numbers, dtype=torch.long)
+            types = self._fixed_types([conditions] * len(counts), counts)
             yield index, sampler.sample(counts, _repeat(cond, hi - lo), types, seed=batch_seed(seed, index),
                                         allowed_types=allowed)  # fmt: skip
 
@@ -300,11 +306,7 @@ class CrystalGenerator:
                                  None if counts_given[lo + j] is None else [counts_given[lo + j]])
                 for j, r in enumerate(chunk)
             ])  # fmt: skip
-            types = None
-            if self.csp:
-                numbers = [z for r, c in zip(chunk, counts.tolist(), strict=True)
-                           for z in cell_atomic_numbers(r.composition, c)]  # fmt: skip
-                types = torch.tensor(numbers, dtype=torch.long)
+            types = self._fixed_types(chunk, counts)
             masks = [self.allowed_types(r) for r in chunk]
             allowed = None
             if any(m is not None for m in masks):

@@ -58,7 +58,7 @@ def test_update_learns_the_hits_and_moves_only_denoiser_and_head(generator, hits
     assert changed == {"denoiser", "num_atoms"}  # the condition encoder keeps its meaning
     assert not model.training and tuner.updates == 1 and len(tuner.buffer) == len(structures)
     assert tuner.history[0]["loss_last"] < tuner.history[0]["loss_first"] * 1.5
-    assert all(v == {"band_gap": r["band_gap"]} for (_, v), r in zip(tuner.buffer, rows, strict=True))
+    assert all(v == {"band_gap": r["band_gap"]} for (_, v, _), r in zip(tuner.buffer, rows, strict=True))
 
 
 def test_updates_are_seeded_and_a_round_without_hits_changes_nothing(generator, hits):
