@@ -151,15 +151,24 @@ class JointDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         atomic_numbers: torch.Tensor | None = None,
     ) -> NoisyCrystal:
-        """The t = 1 state for crystals of `num_atoms (B,)` atoms; given `atomic_numbers (N,)` are held fixed."""
+        """The t = 1 state for crystals of `num_atoms (B,)` atoms. Given `atomic_numbers (N,)` are held fixed (the
+        absorbing reverse step never changes an unmasked type); with a de novo model an entry 0 means "draw this
+        atom's type" (masked), so a batch can mix held and drawn compositions."""
         device = num_atoms.device
         n, b = int(num_atoms.sum()), int(num_atoms.shape[0])
+        drawn = self.types.prior_sample(n, device=device)
         if atomic_numbers is not None:
-            types = self.types.to_classes(atomic_numbers.to(device))
+            atomic_numbers = atomic_numbers.to(device)
+            if atomic_numbers.numel() and int(atomic_numbers.min()) < 0:
+                raise ValueError("atomic numbers must be positive (or 0: drawn)")
+            free = atomic_numbers == 0
+            if bool(free.any()) and self.types.config.fixed_composition:
+                raise ValueError("fixed_composition=True needs the atomic numbers of every atom (got Z = 0)")
+            types = torch.where(free, drawn, self.types.to_classes(atomic_numbers.clamp(min=1)))
         elif self.types.config.fixed_composition:
             raise ValueError("fixed_composition=True needs the atomic numbers of every crystal")
         else:
-            types = self.types.prior_sample(n, device=device)
+            types = drawn
         frac = self.coords.prior_sample(n, generator, device=device)
         params = self.lattice.prior_sample(b, generator, device=device)
         return NoisyCrystal(

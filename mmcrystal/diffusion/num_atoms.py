@@ -129,7 +129,7 @@ def restrict_to_multiples(probs: torch.Tensor, unit: int) -> torch.Tensor:
         raise ValueError(f"a formula unit of {unit} atoms does not fit in the model's max_atoms={max_atoms}")
     n = torch.arange(1, max_atoms + 1, device=probs.device)
     keep = (n % unit == 0).to(torch.float64)  # (max_atoms,)
-    restricted = probs.reshape(-1).to(torch.float64) * keep
+    restricted = probs.detach().reshape(-1).to(torch.float64) * keep
     total = float(restricted.sum())
     return (restricted / total if total > 0 else keep / keep.sum()).float()
 

@@ -154,7 +154,8 @@ class CrystalSampler:
         Args:
             num_atoms: `(B,)` atoms of each crystal (mixed sizes are fine).
             cond: Condition tokens of the B crystals, or None (unconditional).
-            atomic_numbers: `(sum num_atoms,)` fixed atom types (crystal structure prediction), or None.
+            atomic_numbers: `(sum num_atoms,)` atom types held fixed (crystal structure prediction, or infilling
+                with a de novo model, where 0 marks an atom whose type is drawn), or None.
             seed: Seed of the generator; the same seed gives the same samples.
             callback: Called as `callback(samples, batch_index)` after each finished batch.
             allowed_types: `(num_classes,)` or `(B, num_classes)` bool, True at the element classes (Z - 1) a
@@ -227,7 +228,7 @@ class CrystalSampler:
         """One reverse loop over a batch of crystals (see the module docstring); `allowed_types (B, C)` bool."""
         cfg, diffusion = self.config, self.diffusion
         noisy = diffusion.prior(num_atoms, generator, atomic_numbers)
-        allowed = None if atomic_numbers is not None else allowed_types  # given types are never drawn
+        allowed = allowed_types  # held types are carried over unchanged, the mask only acts on drawn ones
         times = self.time_grid().tolist()
         for t, s in zip(times[:-1], times[1:], strict=True):
             for _ in range(cfg.corrector_steps):

@@ -73,7 +73,7 @@ def write_samples(
         callback: `callback(structures, batch_index)` after each batch is on disk.
         rank: This process's rank; default `rank_info()` (torchrun / SLURM variables).
         merge_wait: Seconds rank 0 waits for the other ranks' batches before merging what is there.
-        **request: prompt, properties, composition, xrd, spacegroup, elements.
+        **request: prompt, properties, composition, xrd, spacegroup, elements, prompt_formula.
 
     Returns:
         The progress summary of OUT (rank 0 / one process) or of the rank's shard, plus "skipped_batches" (the
@@ -132,6 +132,7 @@ def sample(
     xrd: str | None = None,
     spacegroup: int | str | None = None,
     elements: str | None = None,
+    prompt_formula: str = "atoms",
     num_atoms: int | list[int] | None = None,
     n: int = 64,
     steps: int = 1000,
@@ -155,13 +156,17 @@ def sample(
         prompt: Caption to condition on, e.g. "a cubic perovskite oxide"; a formula in it ("LiFePO4 in an
             orthorhombic cell") makes the atom count a multiple of the formula.
         properties: Target properties in manifest units, e.g. '{"band_gap": 1.5}'.
-        composition: Formula, e.g. SrTiO3 (crystal structure prediction or composition-conditioned models); its
-            atoms as written are the cell's unless num_atoms says otherwise.
+        composition: Formula, e.g. SrTiO3 (CSP and composition-conditioned models; other de novo models hold
+            these atom types fixed and place them); its atoms as written are the cell's unless num_atoms says
+            otherwise.
         xrd: Measured or simulated powder pattern file (.xy, .xye, .dat, pdCIF ...): background removed and
             resampled onto the model's 2θ grid (XRD-conditioned models).
         spacegroup: Space group number or symbol, e.g. 225 or Fm-3m (space-group-conditioned models).
         elements: Chemical system the atom types are drawn from, e.g. Li-Fe-P-O (any de novo model; a crystal may
             use a subset). A constraint at sampling, not a learned condition.
+        prompt_formula: What a formula in the prompt does: atoms (default: the atom count only, the text decides
+            the types), elements (types drawn from the formula's elements), exact (types held at the formula: the
+            model places them, structure prediction by infilling) or ignore.
         num_atoms: Atoms per crystal (or one per crystal); default: predicted from the condition (or composition).
         n: Number of crystals.
         steps: Reverse-diffusion steps (below 100: the few-step sampler).
@@ -182,4 +187,4 @@ def sample(
     return write_samples(generator, out, n=n, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
                          num_atoms=num_atoms, model_id=model_fingerprint(model), rank=info, merge_wait=merge_wait,
                          prompt=prompt, properties=properties, composition=composition, xrd=xrd,
-                         spacegroup=spacegroup, elements=elements)  # fmt: skip
+                         spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula)  # fmt: skip

@@ -8,7 +8,16 @@ Formulas in prompts (`formula_in_prompt`): a word counts as a chemical formula w
 symbols, counts and parentheses (Er5(Ge5Ir2)2), names at least two different real elements with whole counts, and
 is not an all-capital word without digits (FCC, BCC, HCP, DFT, BN, KI are read as acronyms: write B1N1 to mean the
 compound). Words glued to "-type" or followed by "type" / "prototype" (a NiAs-type FeS) name a structure type, not
-the compound, and are skipped. The first formula left is used; the atom-count rule that uses it is in generator.py.
+the compound, and are skipped. The first formula left is used, as `prompt_formula` says (`PROMPT_FORMULA_USES`):
+  - "atoms" (default): only the atom count, restricted to multiples of the formula (rule in generator.py): the
+    prompt alone, through the learned text condition, decides the atom types. This is what text benchmarks measure.
+  - "elements": also restrict the atom types to the formula's elements (the chemical-system mask of `elements`).
+  - "exact": hold the atom types fixed at the formula (at the drawn cell size) through the whole reverse loop, so
+    the de novo model only places them: crystal structure prediction by infilling, with the text still guiding
+    lattice and coordinates. Composition match is then 100 % by construction and measures nothing.
+  - "ignore": do not look for a formula.
+An explicit `composition` given to a de novo model that was not trained with a composition condition is used the
+same way as "exact" (types held fixed); a model with that condition is conditioned on it instead, types drawn.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 from mmcrystal.diffusion.guidance import GuidanceConfig
 
 __all__ = [
+    "PROMPT_FORMULA_USES",
     "SampleConditions",
     "formula_in_prompt",
     "guidance_config",
@@ -45,6 +55,7 @@ log = logging.getLogger(__name__)
 _FORMULA_WORD = re.compile(r"^(?:[A-Z][a-z]?|\d+(?:\.\d+)?|[()\[\]])+$")
 _WORD_SPLIT = re.compile(r"[\s,;:!?\"'/]+")
 _PROTOTYPE_NEXT = ("type", "prototype", "structure-type")
+PROMPT_FORMULA_USES = ("atoms", "elements", "exact", "ignore")
 
 
 @dataclass
@@ -54,11 +65,15 @@ class SampleConditions:
     Attributes:
         prompt: Caption, or None.
         properties: {name: value in manifest units}, or None.
-        composition: pymatgen `Composition` given explicitly (CSP or composition-conditioned models), or None.
+        composition: pymatgen `Composition` given explicitly (CSP, composition-conditioned or infilling), or None.
         xrd: `(L,)` float32 intensities on the model's 2θ grid, or None.
         xrd_source: Where `xrd` came from: the file path, or "array", with a SHA-256 prefix of the values.
         spacegroup: International space-group number 1..230, or None.
-        prompt_formula: A formula named in the prompt (`formula_in_prompt`), used for the atom count only.
+        prompt_formula: A formula named in the prompt (`formula_in_prompt`), used as `prompt_formula_use` says.
+        prompt_formula_use: One of `PROMPT_FORMULA_USES` (module docstring).
+        held: Composition whose atom types are held fixed through the reverse loop (a CSP model's composition, a
+            composition given to a de novo model without a composition condition, the prompt's formula with
+            "exact"), or None: types are drawn.
         elements: Chemical system the atom types are restricted to (sorted symbols), or None. A sampling
             constraint, not a model condition: the type logits of every other element are masked at every reverse
             step (`CrystalSampler`), so it works with any de novo model, conditioned or not.
@@ -72,6 +87,8 @@ class SampleConditions:
     spacegroup: int | None = None
     prompt_formula: Any = None
     elements: list[str] | None = None
+    prompt_formula_use: str = "atoms"
+    held: Any = None
 
     def given(self) -> list[str]:
         """Names of the conditions this request fills ("composition" also for CSP models without that condition)."""
@@ -81,14 +98,19 @@ class SampleConditions:
 
     def record(self) -> dict[str, Any]:
         """JSON description, stored with every sample and in the run's request."""
-        return {
+        record = {
             "prompt": self.prompt,
             "properties": self.properties,
             "composition": None if self.composition is None else self.composition.formula.replace(" ", ""),
             "xrd": self.xrd_source,
             "spacegroup": self.spacegroup,
             "prompt_formula": None if self.prompt_formula is None else self.prompt_formula.reduced_formula,
-        } | ({"elements": self.elements} if self.elements is not None else {})
+        }
+        if self.elements is not None:
+            record["elements"] = self.elements
+        if self.prompt_formula_use != "atoms":  # the default is left out, so older records read the same
+            record["prompt_formula_use"] = self.prompt_formula_use
+        return record
 
 
 def parse_composition(formula: str, num_elements: int = 100):
@@ -222,11 +244,12 @@ def resolve_conditions(
     xrd=None,
     spacegroup: int | str | None = None,
     elements: str | Sequence[str] | None = None,
+    prompt_formula: str = "atoms",
 ) -> SampleConditions:
     """Validate a request against `model` (a `CrystalDiffusionModel`) and load what needs loading.
 
     `elements` restricts the atom types to a chemical system ("Li-Fe-P-O"); a composition, or a formula the prompt
-    names, must then lie inside it.
+    names, must then lie inside it. `prompt_formula` says what a formula in the prompt does (module docstring).
 
     Raises:
         ValueError: a condition the model was not trained with, an unknown property, an unparsable formula or
@@ -247,17 +270,20 @@ def resolve_conditions(
         out.properties = {k: float(v) for k, v in properties.items()}
         if not all(math.isfinite(v) for v in out.properties.values()):
             raise ValueError(f"property targets must be finite, got {out.properties}")
+    if prompt_formula not in PROMPT_FORMULA_USES:
+        raise ValueError(f"prompt_formula must be one of {PROMPT_FORMULA_USES}, got {prompt_formula!r}")
+    out.prompt_formula_use = prompt_formula
     if composition is not None:
-        if "composition" not in names and not csp:
-            raise ValueError(f"this model is neither a CSP model nor conditioned on a composition ({list(names)})")
         out.composition = parse_composition(composition, cfg.num_elements)
+        if csp or "composition" not in names:  # CSP model, or a de novo model infilling the given types
+            out.held = out.composition
     elif csp:
         raise ValueError("this is a crystal structure prediction model: pass a composition, e.g. 'SrTiO3'")
     if xrd is not None:
         out.xrd, out.xrd_source = _xrd(xrd, model)
     if spacegroup is not None:
         out.spacegroup = parse_spacegroup(spacegroup)
-    if prompt and out.composition is None:
+    if prompt and out.composition is None and prompt_formula != "ignore":
         out.prompt_formula = formula_in_prompt(prompt, cfg.num_elements)
     if elements is not None:
         out.elements = parse_elements(elements, cfg.num_elements)
@@ -265,6 +291,10 @@ def resolve_conditions(
             outside = sorted({el.symbol for el in comp.elements} - set(out.elements)) if comp is not None else []
             if outside:
                 raise ValueError(f"{what} {comp.reduced_formula} has {outside}, outside elements {out.elements}")
+    if out.prompt_formula is not None and prompt_formula == "elements":
+        out.elements = parse_elements([el.symbol for el in out.prompt_formula.elements], cfg.num_elements)
+    elif out.prompt_formula is not None and prompt_formula == "exact":
+        out.held = out.prompt_formula
     return out
 
 

@@ -6,7 +6,7 @@
 Atoms per crystal, first rule that applies:
   1. `num_atoms` given by the user (one value, or one per crystal); with a composition it must be a whole number of
      formula units.
-  2. An explicit `composition`: its atoms as written ("SrTiO3" -> 5, "Sr2Ti2O6" -> 10); write the cell formula or
+  2. An explicit `composition` (a CSP model's, or held fixed by a de novo model, see `conditions`): its atoms as written ("SrTiO3" -> 5, "Sr2Ti2O6" -> 10); write the cell formula or
      pass `num_atoms` for more formula units.
   3. Otherwise p(n) from the atom-count head given the condition (the training histogram without any condition).
      If the prompt names a formula (`conditions.formula_in_prompt`: "LiFePO4 in an orthorhombic cell"), p(n) is
@@ -203,12 +203,14 @@ class CrystalGenerator:
         return counts
 
     def _fixed_types(self, requests: Sequence[SampleConditions], counts: torch.Tensor) -> torch.Tensor | None:
-        """`(sum counts,)` atomic numbers of each request's composition at its cell size (CSP models), else None."""
-        if not self.csp:
+        """`(sum counts,)` atomic numbers held fixed in the reverse loop: each request's held composition
+        (`SampleConditions.held`) at its cell size, 0 (drawn) for the atoms of requests without one; None when no
+        request holds types."""
+        if all(r.held is None for r in requests):
             return None
-        numbers = [
-            z for r, c in zip(requests, counts.tolist(), strict=True) for z in cell_atomic_numbers(r.composition, c)
-        ]
+        numbers = []
+        for r, c in zip(requests, counts.tolist(), strict=True):
+            numbers += [0] * c if r.held is None else cell_atomic_numbers(r.held, c)
         return torch.tensor(numbers, dtype=torch.long)
 
     def sampler(
@@ -278,7 +280,7 @@ class CrystalGenerator:
 
         Args:
             requests: Mappings with the keys of `sample` (prompt, properties, composition, xrd, spacegroup,
-                elements) and optionally num_atoms (an int). All must give the same conditions, since one guidance
+                elements, prompt_formula) and optionally num_atoms (an int). All must give the same conditions, since one guidance
                 setting serves the batch.
             steps, guidance, seed, batch_size, callback: As in `sample` (request i is global sample i: its atom
                 count uses `sample_seed(seed, i)`, its batch k = i // batch_size runs from `batch_seed(seed, k)`).
@@ -334,12 +336,13 @@ class CrystalGenerator:
         callback: Callable[[list, int], None] | None = None,
         spacegroup: int | str | None = None,
         elements: str | Sequence[str] | None = None,
+        prompt_formula: str = "atoms",
     ) -> list:
         """Generate `n` crystals as pymatgen `Structure`s.
 
         Args:
             prompt: A caption, e.g. "a cubic perovskite oxide" (text-conditioned models); a formula it names sets
-                the atom count to a multiple of the formula (module docstring).
+                the atom count to a multiple of the formula (module docstring), and more with `prompt_formula`.
             properties: Target values in manifest units, e.g. {"band_gap": 1.5} (eV).
             composition: A formula, e.g. "SrTiO3"; its atoms as written set the cell size unless `num_atoms` does.
             xrd: A pattern file (.xy, .xye, .cif, ...: background removed, resampled onto the model's 2θ grid), or
@@ -355,9 +358,12 @@ class CrystalGenerator:
             spacegroup: International number or symbol, e.g. 225 or "Fm-3m" (space-group-conditioned models).
             elements: Chemical system, e.g. "Li-Fe-P-O" or ["Li", "Fe", "P", "O"]: atom types are drawn only from
                 these elements (any model; a subset may appear in a crystal).
+            prompt_formula: What a formula in the prompt does: "atoms" (the atom count only; the text decides the
+                types), "elements" (types drawn from its elements), "exact" (types held at the formula: structure
+                prediction by infilling) or "ignore" (see `conditions`).
         """
         conditions = self.resolve(prompt=prompt, properties=properties, composition=composition, xrd=xrd,
-                                  spacegroup=spacegroup, elements=elements)  # fmt: skip
+                                  spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula)  # fmt: skip
         out = []
         for index, batch in self.batches(n, batch_size, seed, steps, guidance, num_atoms, conditions=conditions):
             structures = batch.to_structures()

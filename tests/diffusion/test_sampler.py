@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from mmcrystal.diffusion import (
+    AtomTypeConfig,
     Condition,
     CrystalDenoiser,
     CrystalSampler,
     DenoiserConfig,
     DenoiserOutput,
+    DiffusionConfig,
     JointDiffusion,
     LatticeNormalization,
     SamplerConfig,
@@ -226,3 +228,27 @@ def test_allowed_types_errors(tiny_sampler):
         tiny_sampler.sample([2], allowed_types=torch.zeros(classes, dtype=torch.bool))
     with pytest.raises(ValueError, match="allowed_types must be"):
         tiny_sampler.sample([2], allowed_types=torch.ones(classes + 1, dtype=torch.bool))
+
+
+def test_partly_held_types_keep_the_given_atoms_and_draw_the_rest(tiny_sampler):
+    num_atoms = torch.tensor([2, 3, 2])
+    numbers = torch.tensor([11, 17, 0, 0, 0, 8, 22])  # crystal 0 NaCl held, crystal 1 drawn, crystal 2 TiO held
+    classes = tiny_sampler.diffusion.types.num_classes
+    allowed = torch.zeros(classes, dtype=torch.bool)
+    allowed[[2, 25]] = True  # Li, Fe: acts on the drawn atoms only
+    samples = tiny_sampler.sample(num_atoms, atomic_numbers=numbers, seed=4, allowed_types=allowed)
+    types = samples.atomic_numbers.split(num_atoms.tolist())
+    assert types[0].tolist() == [11, 17] and types[2].tolist() == [8, 22]
+    assert set(types[1].tolist()) <= {3, 26}
+    # the t = 1 state: held atoms unmasked at their class (Z - 1), drawn atoms masked
+    prior = tiny_sampler.diffusion.prior(num_atoms, atomic_numbers=numbers)
+    mask = tiny_sampler.diffusion.types.mask_index
+    assert prior.types.tolist() == [10, 16, mask, mask, mask, 7, 21]
+    with pytest.raises(ValueError, match="positive"):
+        tiny_sampler.diffusion.prior(num_atoms, atomic_numbers=-numbers)
+
+
+def test_csp_diffusion_needs_every_atomic_number():
+    diffusion = JointDiffusion(DiffusionConfig(types=AtomTypeConfig(fixed_composition=True)))
+    with pytest.raises(ValueError, match="every atom"):
+        diffusion.prior(torch.tensor([2]), atomic_numbers=torch.tensor([8, 0]))
