@@ -110,8 +110,10 @@ def test_requests_the_model_cannot_honour_raise(decoder):
     generator = CrystalGenerator.from_pretrained(decoder)
     with pytest.raises(ValueError, match="unknown properties"):
         generator.sample(properties={"density": 3.0}, n=1, steps=2)
-    with pytest.raises(ValueError, match="composition"):
-        generator.sample(composition="NaCl", n=1, steps=2)
+    with pytest.raises(ValueError, match="not a whole number of NaCl formula units"):
+        generator.sample(composition="NaCl", num_atoms=3, n=1, steps=2)  # a de novo model holds the composition
+    with pytest.raises(ValueError, match="not a chemical formula"):
+        generator.sample(composition="Nacl2x", n=1, steps=2)
     with pytest.raises(ValueError, match="xrd"):
         generator.sample(xrd=torch.rand(64), n=1, steps=2)
 
