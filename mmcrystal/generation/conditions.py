@@ -4,11 +4,8 @@ the guidance scales, checked against what the model was trained on (a condition 
     conditions = resolve_conditions(model, prompt="LiFePO4 in an orthorhombic cell", xrd="scan.xy", spacegroup="Pnma")
     guidance = guidance_config(model, conditions, {"text": 3.0, "xrd": 1.5})
 
-Formulas in prompts (`formula_in_prompt`): a word counts as a chemical formula when it is made only of element
-symbols, counts and parentheses (Er5(Ge5Ir2)2), names at least two different real elements with whole counts, and
-is not an all-capital word without digits (FCC, BCC, HCP, DFT, BN, KI are read as acronyms: write B1N1 to mean the
-compound). Words glued to "-type" or followed by "type" / "prototype" (a NiAs-type FeS) name a structure type, not
-the compound, and are skipped. The first formula left is used, as `prompt_formula` says (`PROMPT_FORMULA_USES`):
+Formulas in prompts (`mmcrystal.formulas.formula_in_prompt`, rules there): the first formula a prompt names is used,
+as `prompt_formula` says (`PROMPT_FORMULA_USES`):
   - "atoms" (default): only the atom count, restricted to multiples of the formula (rule in generator.py): the
     prompt alone, through the learned text condition, decides the atom types. This is what text benchmarks measure.
   - "elements": also restrict the atom types to the formula's elements (the chemical-system mask of `elements`).
@@ -35,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mmcrystal.diffusion.guidance import GuidanceConfig
+from mmcrystal.formulas import formula_in_prompt, parse_composition
 
 __all__ = [
     "PROMPT_FORMULA_USES",
@@ -52,9 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_FORMULA_WORD = re.compile(r"^(?:[A-Z][a-z]?|\d+(?:\.\d+)?|[()\[\]])+$")
-_WORD_SPLIT = re.compile(r"[\s,;:!?\"'/]+")
-_PROTOTYPE_NEXT = ("type", "prototype", "structure-type")
 PROMPT_FORMULA_USES = ("atoms", "elements", "exact", "ignore")
 
 
@@ -113,24 +108,6 @@ class SampleConditions:
         return record
 
 
-def parse_composition(formula: str, num_elements: int = 100):
-    """A pymatgen `Composition` with whole, positive atom counts of real elements up to Z = `num_elements`."""
-    from pymatgen.core import Composition
-
-    try:
-        comp = Composition(formula)
-    except Exception as exc:  # noqa: BLE001 - pymatgen raises several types for unparsable formulas
-        raise ValueError(f"composition {formula!r} is not a chemical formula ({exc})") from None
-    if comp.num_atoms < 1 or any(abs(a - round(a)) > 1e-6 for a in comp.values()):
-        raise ValueError(f"composition {formula!r} must have whole numbers of atoms")
-    if not comp.valid:
-        raise ValueError(f"composition {formula!r} names something that is not an element")
-    beyond = [el.symbol for el in comp.elements if num_elements < el.Z]
-    if beyond:
-        raise ValueError(f"composition {formula!r} has elements beyond Z = {num_elements}: {beyond}")
-    return comp
-
-
 def parse_elements(elements: str | Sequence[str], num_elements: int = 100) -> list[str]:
     """Element symbols of a chemical system, sorted by Z, from "Li-Fe-P-O", "Li,Fe,P,O" or ["Li", "Fe", ...]."""
     from pymatgen.core import Element
@@ -149,29 +126,6 @@ def parse_elements(elements: str | Sequence[str], num_elements: int = 100) -> li
             raise ValueError(f"elements {elements!r}: {word} (Z = {element.Z}) is beyond the model's {num_elements}")
         found.append(element)
     return [el.symbol for el in sorted(set(found), key=lambda el: el.Z)]
-
-
-def formula_in_prompt(prompt: str, num_elements: int = 100):
-    """The first chemical formula a prompt names (rules in the module docstring) as a `Composition`, or None."""
-    words = [w.strip(".()[]") if w.count("(") != w.count(")") else w.rstrip(".") for w in _WORD_SPLIT.split(prompt)]
-    found = []
-    for i, word in enumerate(words):
-        core, _, suffix = word.partition("-")
-        next_word = words[i + 1].lower() if i + 1 < len(words) else ""
-        if suffix.lower().startswith("type") or next_word in _PROTOTYPE_NEXT:
-            continue  # a structure type (NiAs-type), not the compound
-        if not _FORMULA_WORD.match(core) or (core.isupper() and not any(c.isdigit() for c in core)):
-            continue
-        try:
-            comp = parse_composition(core, num_elements)
-        except ValueError:
-            continue
-        if len(comp.elements) >= 2:
-            found.append(comp)
-    if len({c.reduced_formula for c in found}) > 1:
-        log.warning("prompt names several formulas %s; the atom count follows the first",
-                    [c.reduced_formula for c in found])  # fmt: skip
-    return found[0] if found else None
 
 
 def parse_spacegroup(value: int | str) -> int:
