@@ -148,6 +148,8 @@ def main() -> None:
             "seed": args.seed,
             "num_atoms": "atom-count head; restricted to multiples of a formula the prompt names",
             "prompt_formula": args.prompt_formula,
+            # the decoder reads the caption's formula as element tokens (still only the caption as input)
+            "text_formula_tokens": bool(generator.model.config.conditions.text_formula_tokens),
             "matcher": {"ltol": 0.3, "stol": 0.5, "angle_tol": 10},
             "symprec": 0.1,
             "validity": "structural (0.5 A, 0.1 A^3) + SMACT (mmcrystal.evaluation.validity defaults)",

@@ -2,7 +2,8 @@
 
 Each named condition is one classifier-free-guidance group (dropped as a whole by `drop_conditions`):
   - "text":        token states `(B, S, D_text)` of a FROZEN text encoder (the aligned model's, or a fresh MiniLM),
-                   then a learned LayerNorm + linear projection to cond_dim;
+                   then a learned LayerNorm + linear projection to cond_dim; with `text_formula_tokens`, followed by
+                   one token per element of the first chemical formula the caption names (as "composition");
   - "properties":  one token per configured scalar property, standardised with the training split's mean/std:
                    a sinusoidal embedding of the value plus a learned property-type embedding;
   - "xrd":         patch tokens of the aligned (frozen) XRD encoder, or of a fresh trainable one, projected;
@@ -26,8 +27,9 @@ from encoders import SpectrumConfig, TextConfig, build_encoder, xrd_config
 from encoders.layers.mlp import MLP
 from mmcrystal.config import register_config
 from mmcrystal.diffusion.condition import Condition
+from mmcrystal.formulas import formula_counts
 
-__all__ = ["CONDITIONS", "ConditionConfig", "ConditionEncoder", "ConditionInputs", "ScalarEmbedding"]
+__all__ = ["CONDITIONS", "ConditionConfig", "ConditionEncoder", "ConditionInputs", "ScalarEmbedding", "element_tokens"]
 
 CONDITIONS = ("text", "properties", "xrd", "composition", "spacegroup")
 NUM_SPACEGROUPS = 230
@@ -52,6 +54,11 @@ class ConditionConfig:
             e_above_hull), one token each, standardised with the manifest's training-split mean and std.
         num_elements: Largest atomic number of the composition embedding.
         num_freqs: Frequencies of the sinusoidal embedding of scalars (property values, element fractions).
+        text_formula_tokens: Append to the text tokens one token per element of the first chemical formula the
+            caption names (`mmcrystal.formulas`; element embedding + atom fraction, like "composition"), in the
+            same guidance group as the text. Why: general-purpose word-piece tokenisers cut formulas into
+            arbitrary pieces (MiniLM lower-cases LiFePO4 and splits it into li ##fe ##po ##4), which leaves the
+            decoder to learn stoichiometry from sub-word statistics. The caption is still the only input.
         drop_prob: Classifier-free-guidance drop probability per condition name during training.
         default_drop_prob: Drop probability of the conditions not named in `drop_prob`.
     """
@@ -64,6 +71,7 @@ class ConditionConfig:
     properties: list[str] = field(default_factory=list)
     num_elements: int = 100
     num_freqs: int = 16
+    text_formula_tokens: bool = False
     drop_prob: dict[str, float] = field(default_factory=dict)
     default_drop_prob: float = 0.1
 
@@ -156,6 +164,21 @@ class ScalarEmbedding(nn.Module):
         return self.mlp(torch.cat([x.unsqueeze(-1), torch.sin(angles), torch.cos(angles)], dim=-1))
 
 
+def element_tokens(
+    counts: torch.Tensor, element_embedding: nn.Embedding, fraction_embedding: ScalarEmbedding
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Atom counts `(B, Z + 1)` (column Z) -> one token per present element `(B, E, dim)` and mask `(B, E)`:
+    element embedding + embedding of its atom fraction; present elements first in order of Z, padded to the largest
+    number of elements E in the batch (at least 1 token, masked where a row has no element)."""
+    counts = counts.float()
+    present = counts > 0  # (B, Z + 1)
+    width = max(int(present.sum(1).max()), 1) if counts.shape[0] else 1
+    order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]  # (B, E)
+    mask = torch.gather(present, 1, order)
+    fractions = torch.gather(counts, 1, order) / counts.sum(1, keepdim=True).clamp(min=1.0)  # (B, E)
+    return element_embedding(order) + fraction_embedding(fractions), mask
+
+
 def _load_aligned_encoders(folder: str) -> dict[str, nn.Module]:
     """The encoders of an aligned `MultimodalCrystalModel` folder (no lightning, no network)."""
     from mmcrystal.model import MultimodalCrystalModel
@@ -193,6 +216,9 @@ class ConditionEncoder(nn.Module):
             self.text_proj = nn.Sequential(
                 nn.LayerNorm(self.text_encoder.output_dim), nn.Linear(self.text_encoder.output_dim, dim)
             )
+            if cfg.text_formula_tokens:
+                self.formula_element_embedding = nn.Embedding(cfg.num_elements + 1, dim)
+                self.formula_fraction_embedding = ScalarEmbedding(dim, cfg.num_freqs)
         if "xrd" in names:
             if "xrd" in aligned:
                 self.xrd_encoder = _frozen(aligned["xrd"])
@@ -248,6 +274,22 @@ class ConditionEncoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------- conditions
     def _text(self, inputs: ConditionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = self._text_tokens(inputs)
+        if not self.config.text_formula_tokens:
+            return tokens, mask
+        counts = self._caption_formulas(inputs, mask.any(dim=1))  # (B, Z + 1)
+        formula, formula_mask = element_tokens(counts, self.formula_element_embedding, self.formula_fraction_embedding)
+        return torch.cat([tokens, formula.to(tokens.dtype)], dim=1), torch.cat([mask, formula_mask], dim=1)
+
+    def _caption_formulas(self, inputs: ConditionInputs, present: torch.Tensor) -> torch.Tensor:
+        """Atom counts `(B, Z + 1)` of the first formula each present caption names (zeros where none)."""
+        counts = torch.zeros(inputs.batch_size, self.config.num_elements + 1)
+        for i in present.nonzero()[:, 0].tolist():
+            for z, n in formula_counts(inputs.captions[i], self.config.num_elements):
+                counts[i, z] = n
+        return counts.to(self._device())
+
+    def _text_tokens(self, inputs: ConditionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         b, device = inputs.batch_size, self._device()
         present = inputs.caption_mask if inputs.captions is not None else torch.zeros(b, dtype=torch.bool)
         present = present.to(device)
@@ -296,15 +338,7 @@ class ConditionEncoder(nn.Module):
         counts = inputs.composition
         if counts is None:
             counts = torch.zeros(b, self.config.num_elements + 1, device=device)
-        counts = counts.to(device).float()
-        present = counts > 0  # (B, Z + 1)
-        width = max(int(present.sum(1).max()), 1) if b else 1
-        # present elements first, in order of Z (stable sort), padded to the largest number of elements E
-        order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]  # (B, E)
-        mask = torch.gather(present, 1, order)
-        fractions = torch.gather(counts, 1, order) / counts.sum(1, keepdim=True).clamp(min=1.0)  # (B, E)
-        tokens = self.element_embedding(order) + self.fraction_embedding(fractions)  # (B, E, cond_dim)
-        return tokens, mask
+        return element_tokens(counts.to(device).float(), self.element_embedding, self.fraction_embedding)
 
     def _spacegroup(self, inputs: ConditionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         b, device = inputs.batch_size, self._device()
