@@ -120,7 +120,7 @@ class JointDiffusion(nn.Module):
         noise = noise or self.sample_noise(batch, generator)
         t_atoms = t[batch.batch]  # (N,)
         frac_t, coord_target = self.coords.corrupt(batch.frac_coords, t_atoms, noise=noise.coords)
-        params0 = self.lattice.params_from_matrix(batch.lattice)
+        params0 = self.lattice.params_from_matrix(batch.lattice, batch.num_atoms)
         params_t, lattice_target = self.lattice.corrupt(params0, t, noise=noise.lattice.to(params0.dtype))
         types0 = self.types.to_classes(batch.atomic_numbers)
         types_t, type_target = self.types.corrupt(types0, t_atoms, noise=noise.types)
@@ -128,7 +128,7 @@ class JointDiffusion(nn.Module):
             types=types_t,
             frac_coords=frac_t,
             lattice_params=params_t,
-            lattice=self.lattice.matrix_from_params(params_t),
+            lattice=self.lattice.matrix_from_params(params_t, batch.num_atoms),
             num_atoms=batch.num_atoms,
             batch=batch.batch,
         )
@@ -175,7 +175,7 @@ class JointDiffusion(nn.Module):
             types=types,
             frac_coords=frac,
             lattice_params=params,
-            lattice=self.lattice.matrix_from_params(params),
+            lattice=self.lattice.matrix_from_params(params, num_atoms),
             num_atoms=num_atoms,
             batch=torch.repeat_interleave(torch.arange(b, device=device), num_atoms),
         )
@@ -195,7 +195,7 @@ class JointDiffusion(nn.Module):
         frac = self.coords.step(noisy.frac_coords, out.coords, t_atoms, s_atoms, generator, coord_eta)
         params = self.lattice.step(noisy.lattice_params, out.lattice, t, s, generator, lattice_eta)
         types = self.types.step(noisy.types, out.types, t_atoms, s_atoms, generator)
-        lattice = self.lattice.matrix_from_params(params)
+        lattice = self.lattice.matrix_from_params(params, noisy.num_atoms)
         return noisy.replace(frac_coords=frac, lattice_params=params, lattice=lattice, types=types)
 
     def correct(

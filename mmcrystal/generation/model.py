@@ -63,6 +63,11 @@ class DiffusionModelConfig:
     normalization: dict[str, Any] | None = None
 
 
+def _plain(value):
+    """A tuple of floats -> list, a number -> float (JSON of `LatticeNormalization` fields)."""
+    return [float(v) for v in value] if isinstance(value, list | tuple) else float(value)
+
+
 def normalization_from_manifest(manifest: dict) -> dict[str, Any]:
     """Lattice, property and atom-count statistics of a prepared dataset's reference (training) split, and the 2θ
     grid of its simulated XRD patterns (so that a measured pattern can be resampled onto it at sampling time)."""
@@ -74,7 +79,7 @@ def normalization_from_manifest(manifest: dict) -> dict[str, Any]:
         if "mean" in s
     }
     out = {
-        "lattice": {f.name: [float(v) for v in getattr(lattice, f.name)] for f in fields(lattice)},
+        "lattice": {f.name: _plain(getattr(lattice, f.name)) for f in fields(lattice)},
         "properties": properties,
         "num_atoms_histogram": dict(manifest.get("stats", {}).get(reference, {}).get("num_atoms_histogram", {})),
     }
@@ -123,7 +128,9 @@ class CrystalDiffusionModel(nn.Module):
     def set_normalization(self, normalization: dict[str, Any]) -> None:
         """Adopt dataset statistics (lattice standardisation, property standardisation, atom-count histogram)."""
         self.config = replace(self.config, normalization=normalization)
-        lattice = LatticeNormalization(**{k: tuple(v) for k, v in normalization["lattice"].items()})
+        lattice = LatticeNormalization(
+            **{k: tuple(v) if isinstance(v, list | tuple) else float(v) for k, v in normalization["lattice"].items()}
+        )
         self.diffusion = JointDiffusion(self.config.diffusion, lattice).to(self.atom_count_prior.device)
         if "properties" in self.conditions.names:
             self.conditions.set_property_stats(normalization.get("properties", {}))

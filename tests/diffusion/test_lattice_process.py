@@ -112,3 +112,31 @@ def test_ddim_step_with_exact_prediction_is_deterministic_and_exact(prediction):
     # the last step (s = 0) lands on x0
     final = process.step(x_t, target, t, torch.zeros(8, dtype=torch.float64), generator=gen, eta=1.0)
     torch.testing.assert_close(final, x0)
+
+
+def test_lengths_scaled_with_atom_count(mp20_structures, mp20_lattices):
+    """With scale_lengths_with_atoms the same standardised parameters give a cell whose volume is proportional to
+    the atom count, real cells still round-trip, and their standardised log lengths keep the mean (MP-20)."""
+    norm = LatticeNormalization(log_num_atoms_mean=math.log(8.0))
+    process = LatticeProcess(LatticeConfig(scale_lengths_with_atoms=True), norm).double()
+    params = torch.zeros(3, 6, dtype=torch.float64)
+    counts = torch.tensor([1, 8, 27])
+    volumes = torch.det(process.matrix_from_params(params, counts))
+    torch.testing.assert_close(volumes / volumes[0], counts.double())
+    plain = LatticeProcess(LatticeConfig(), norm).double()
+    torch.testing.assert_close(volumes[1], torch.det(plain.matrix_from_params(params[:1]))[0])  # N = e^<log N>
+
+    num_atoms = torch.tensor([len(s) for s in mp20_structures])
+    scaled = process.params_from_matrix(mp20_lattices, num_atoms)
+    rebuilt = process.matrix_from_params(scaled, num_atoms)
+    torch.testing.assert_close(_gram(rebuilt), _gram(mp20_lattices), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="atom count"):
+        process.params_from_matrix(mp20_lattices)
+
+
+def test_from_manifest_mean_log_atom_count():
+    stats = {k: {"mean": 6.0, "std": 2.0} for k in "abc"}
+    stats.update({k: {"mean": 88.0, "std": 20.0} for k in ("alpha", "beta", "gamma")})
+    manifest = {"normalization": {"lattice": stats}, "stats": {"train": {"num_atoms_histogram": {"2": 1, "8": 3}}}}
+    norm = LatticeNormalization.from_manifest(manifest)
+    assert norm.log_num_atoms_mean == pytest.approx((math.log(2) + 3 * math.log(8)) / 4)

@@ -7,6 +7,13 @@ beta, gamma), each standardised with dataset statistics. This parametrisation
   - keeps lengths positive for any real vector (exp), and makes multiplicative length noise scale-free;
   - is what the manifest already summarises (`manifest["normalization"]["lattice"]`: mean/std of a, b, c in Å and
     alpha, beta, gamma in degrees).
+Cell size and atom count (`LatticeConfig.scale_lengths_with_atoms`). The volume of a cell grows with its number of
+atoms N (MP-20: std of log V is 0.63, of log V / N 0.38), so a prior and a standardisation that ignore N make the
+network learn the whole size shift. With the option on, every log length is shifted by (log N - <log N>) / 3 before
+standardising, where <log N> is the training set's mean log atom count: the prior's cell volume then grows with N
+(as CDVAE's length scaling and MatterGen's atom-count-dependent lattice prior do), and the standardised parameters
+keep their mean. The standard deviations stay those of the unshifted log lengths (slightly wider than needed).
+
 It is not invariant to the choice of cell (a supercell or another basis of the same lattice is a different
 point), the same limitation as DiffCSP's lattice matrix; MatterGen's symmetric-matrix (polar decomposition)
 parametrisation would avoid degenerate angle regions but needs its own statistics the manifest does not hold.
@@ -55,12 +62,14 @@ class LatticeNormalization:
         log_length_std: Standard deviation of the log lengths.
         angle_mean: Mean of alpha, beta, gamma in degrees.
         angle_std: Standard deviation of the angles in degrees.
+        log_num_atoms_mean: Mean of log N over the training crystals (used by `scale_lengths_with_atoms`).
     """
 
     log_length_mean: tuple[float, float, float] = (1.73, 1.78, 1.94)
     log_length_std: tuple[float, float, float] = (0.30, 0.29, 0.40)
     angle_mean: tuple[float, float, float] = (85.0, 85.3, 84.6)
     angle_std: tuple[float, float, float] = (24.9, 23.6, 29.1)
+    log_num_atoms_mean: float = 2.3
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> LatticeNormalization:
@@ -77,11 +86,18 @@ class LatticeNormalization:
             log_means.append(math.log(mean) - 0.5 * var)
             log_stds.append(max(math.sqrt(var), 1e-3))
         angles = [stats[k] for k in ("alpha", "beta", "gamma")]
+        reference = manifest["normalization"].get("reference_split") or "train"
+        histogram = manifest.get("stats", {}).get(reference, {}).get("num_atoms_histogram") or {}
+        total = sum(int(c) for c in histogram.values())
+        log_n = (
+            sum(int(c) * math.log(int(n)) for n, c in histogram.items()) / total if total else cls.log_num_atoms_mean
+        )
         return cls(
             log_length_mean=tuple(log_means),
             log_length_std=tuple(log_stds),
             angle_mean=tuple(float(a["mean"]) for a in angles),
             angle_std=tuple(max(float(a["std"]), 1e-3) for a in angles),
+            log_num_atoms_mean=float(log_n),
         )
 
 
@@ -104,6 +120,8 @@ class LatticeConfig:
         angle_min: Smallest angle in degrees after mapping back.
         angle_max: Largest angle in degrees after mapping back.
         min_volume_factor: Smallest V / (abc) allowed after mapping back (see the module docstring).
+        scale_lengths_with_atoms: Shift log lengths by (log N - <log N>) / 3 before standardising, so that the
+            prior's cell volume grows with the atom count N (see the module docstring). Off in older models.
     """
 
     schedule: Literal["cosine", "linear"] = "cosine"
@@ -118,6 +136,7 @@ class LatticeConfig:
     angle_min: float = 5.0
     angle_max: float = 175.0
     min_volume_factor: float = 0.02
+    scale_lengths_with_atoms: bool = False
 
 
 def lengths_angles(lattice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,17 +193,31 @@ class LatticeProcess(nn.Module):
         self.register_buffer("std", torch.tensor([*norm.log_length_std, *norm.angle_std]), persistent=False)
 
     # --- parametrisation -------------------------------------------------------------------------------------
-    def params_from_matrix(self, lattice: torch.Tensor) -> torch.Tensor:
-        """Lattice rows `(B, 3, 3)` Å -> standardised parameters `(B, 6)` (rotation invariant)."""
+    def _length_shift(self, num_atoms: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float:
+        """(log N - <log N>) / 3 `(B, 1)` when lengths scale with the atom count, else 0."""
+        if not self.config.scale_lengths_with_atoms:
+            return 0.0
+        if num_atoms is None:
+            raise ValueError("LatticeConfig.scale_lengths_with_atoms needs the atom count of every crystal")
+        log_n = torch.log(num_atoms.to(device=like.device, dtype=like.dtype).clamp(min=1))
+        return ((log_n - self.normalization.log_num_atoms_mean) / 3.0).unsqueeze(-1)
+
+    def params_from_matrix(self, lattice: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
+        """Lattice rows `(B, 3, 3)` Å (and atom counts `(B,)`) -> standardised parameters `(B, 6)` (rotation
+        invariant)."""
         lengths, angles = lengths_angles(lattice)
-        raw = torch.cat([torch.log(lengths), angles], dim=-1)
+        raw = torch.cat([torch.log(lengths) - self._length_shift(num_atoms, lengths), angles], dim=-1)
         return (raw - self.mean.to(raw.dtype)) / self.std.to(raw.dtype)
 
-    def lengths_angles_from_params(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised `(B, 6)` -> lengths `(B, 3)` Å and angles `(B, 3)` degrees, clamped to a valid cell."""
+    def lengths_angles_from_params(
+        self, params: torch.Tensor, num_atoms: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised `(B, 6)` (and atom counts `(B,)`) -> lengths `(B, 3)` Å and angles `(B, 3)` degrees,
+        clamped to a valid cell."""
         cfg = self.config
         raw = params * self.std.to(params.dtype) + self.mean.to(params.dtype)
-        lengths = torch.exp(raw[:, :3]).clamp(cfg.min_length, cfg.max_length)
+        log_lengths = raw[:, :3] + self._length_shift(num_atoms, raw)
+        lengths = torch.exp(log_lengths).clamp(cfg.min_length, cfg.max_length)
         angles = raw[:, 3:].clamp(cfg.angle_min, cfg.angle_max)
         # shrink deviations from 90 degrees by the largest factor that gives volume_factor >= min_volume_factor
         factors = torch.linspace(1.0, 0.0, 21, dtype=angles.dtype, device=angles.device)  # (F,)
@@ -194,9 +227,9 @@ class LatticeProcess(nn.Module):
         angles = candidates[first_ok, torch.arange(angles.shape[0], device=angles.device)]
         return lengths, angles
 
-    def matrix_from_params(self, params: torch.Tensor) -> torch.Tensor:
-        """Standardised `(B, 6)` -> lattice rows `(B, 3, 3)` Å with positive volume (see the module docstring)."""
-        return lattice_from_lengths_angles(*self.lengths_angles_from_params(params))
+    def matrix_from_params(self, params: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised `(B, 6)` (and atom counts `(B,)`) -> lattice rows `(B, 3, 3)` Å with positive volume."""
+        return lattice_from_lengths_angles(*self.lengths_angles_from_params(params, num_atoms))
 
     # --- schedule ---------------------------------------------------------------------------------------------
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
