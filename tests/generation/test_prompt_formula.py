@@ -77,3 +77,39 @@ def test_a_composition_given_to_a_de_novo_model_is_held(generator, xrd_model):
     conditions = resolve_conditions(xrd_model, composition="NaCl")
     assert conditions.held.reduced_formula == "NaCl" and "composition" not in xrd_model.conditions.names
     assert len(CrystalGenerator(xrd_model).sample(composition="NaCl", n=1, steps=2, num_atoms=4)[0]) == 4
+
+
+def test_formula_token_decoder_round_trips(tmp_path, normalization, tiny_parts):
+    """A decoder whose text condition reads the caption's formula as element tokens, with atom-count-scaled
+    lattice lengths, loads from its folder alone and samples from a prompt; the prompt's formula reaches the
+    condition (an untrained decoder's samples need not follow it)."""
+    import torch
+
+    from encoders import TextConfig
+    from mmcrystal.diffusion import DiffusionConfig, LatticeConfig
+    from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionInputs
+    from mmcrystal.generate import CrystalDiffusionModel, DiffusionModelConfig
+    from mmcrystal.pretrained import save_pretrained
+
+    denoiser, head = tiny_parts
+    torch.manual_seed(0)
+    conditions = ConditionConfig(conditions=["text"], cond_dim=16, text=TextConfig(model_name="tiny-random"),
+                                 text_formula_tokens=True)  # fmt: skip
+    diffusion = DiffusionConfig(lattice=LatticeConfig(scale_lengths_with_atoms=True))
+    config = DiffusionModelConfig(denoiser=denoiser, diffusion=diffusion, conditions=conditions, num_atoms=head,
+                                  normalization=normalization)  # fmt: skip
+    model = CrystalDiffusionModel(config)
+    folder = save_pretrained(model, model.export_config(), tmp_path / "pretrained", "CrystalDiffusionModel")
+    generator = CrystalGenerator.from_pretrained(folder)
+    loaded = generator.model
+    assert loaded.config.conditions.text_formula_tokens and loaded.diffusion.lattice.config.scale_lengths_with_atoms
+    assert loaded.diffusion.lattice.normalization.log_num_atoms_mean == pytest.approx(
+        normalization["lattice"]["log_num_atoms_mean"]
+    )
+    cond = loaded.condition(ConditionInputs(batch_size=1, captions=[PROMPT], caption_mask=torch.ones(1, dtype=bool)))
+    plain = loaded.condition(ConditionInputs(batch_size=1, captions=["an orthorhombic cell"],
+                                             caption_mask=torch.ones(1, dtype=bool)))  # fmt: skip
+    assert bool(cond.mask[0, -4:].all())  # the text tokens end with Li, O, P, Fe tokens (in order of Z)
+    assert not bool(plain.mask[0, -1])  # no formula: one masked placeholder token
+    structures = generator.sample(prompt=PROMPT, n=3, steps=3, seed=1, batch_size=3)
+    assert len(structures) == 3 and all(len(s) % 7 == 0 for s in structures)
