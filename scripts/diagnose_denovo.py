@@ -19,7 +19,6 @@ import argparse
 import json
 import time
 import warnings
-from dataclasses import replace
 
 import numpy as np
 
@@ -122,15 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     given = {"lattice_eta": args.lattice_eta, "coord_eta": args.coord_eta, "corrector_steps": args.corrector_steps,
              "step_lr": args.step_lr}  # fmt: skip
     overrides = {k: v for k, v in given.items() if v is not None}
-    if overrides:  # the generator picks the sampler settings from the step count; override some of them here
-        make_sampler = generator.sampler
-
-        def sampler_with_overrides(*a, **k):
-            sampler = make_sampler(*a, **k)
-            sampler.config = replace(sampler.config, **overrides)
-            return sampler
-
-        generator.sampler = sampler_with_overrides
+    generator.sampler_settings = overrides
     result = {"model": args.model, "reference_log_ratio_std": spread, "runs": {}}
     for steps in args.steps:
         start = time.perf_counter()

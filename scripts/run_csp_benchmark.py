@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="crystals per reverse loop")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sampler", type=json.loads, default={},
+                        help='SamplerConfig fields over the step-count defaults, e.g. \'{"lattice_eta": 0.0}\'')  # fmt: skip
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
@@ -45,6 +47,7 @@ def main() -> None:
     frame = pd.read_csv(args.targets, nrows=args.n_targets)
     frame.to_csv(out / "targets.csv", index=False)
     generator = CrystalGenerator.from_pretrained(args.model, args.device)
+    generator.sampler_settings = dict(args.sampler)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         targets = [Structure.from_str(cif, fmt="cif") for cif in frame["cif"]]
@@ -68,7 +71,8 @@ def main() -> None:
     payload = evaluate_csp(str(out / "generated"), str(out / "targets.csv"), str(out / "eval"), k=args.k)
     summary = {"sampling_s": round(sampling_s, 1), "structures_sampled_now": sampled,
                "structures_per_s": round(sampled / sampling_s, 3) if sampled else None, "targets": len(frame),
-               "k": args.k, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+               "k": args.k, "steps": args.steps, "sampler_settings": dict(args.sampler),
+               "batch_size": args.batch_size, "seed": args.seed,
                "metrics": payload.get("metrics", payload)}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str)[:3000])

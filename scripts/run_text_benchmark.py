@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--prompt-formula", default="atoms", choices=["atoms", "elements", "exact", "ignore"],
                         help="what a formula in the prompt does (mmcrystal.generation.conditions): the Chemeleon "
                              "protocol measures 'atoms' (the text alone decides the types)")  # fmt: skip
+    parser.add_argument("--sampler", type=json.loads, default={},
+                        help='SamplerConfig fields over the step-count defaults, e.g. \'{"lattice_eta": 0.0}\'')  # fmt: skip
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -106,6 +108,7 @@ def main() -> None:
     (out / "generated").mkdir(parents=True, exist_ok=True)
     frame = pd.read_csv(args.prompts, nrows=args.n_prompts)
     generator = CrystalGenerator.from_pretrained(args.model)
+    generator.sampler_settings = dict(args.sampler)
     matcher = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
     rows, sampling_s = [], 0.0
     for row in frame.itertuples():
@@ -144,6 +147,7 @@ def main() -> None:
             "n_prompts": len(table),
             "per_prompt": args.per_prompt,
             "steps": args.steps,
+            "sampler_settings": dict(args.sampler),  # over the defaults (few-step below 100 steps: DDPM lattice)
             "guidance": args.guidance,
             "seed": args.seed,
             "num_atoms": "atom-count head; restricted to multiples of a formula the prompt names",

@@ -99,9 +99,12 @@ def test_csp_composition_prompt_keeps_the_composition(mp40_tiny):
 def test_few_step_sampler_below_100_steps(decoder):
     generator = CrystalGenerator.from_pretrained(decoder)
     few, full = generator.sampler(50, 2.0, 8).config, generator.sampler(1000, {"text": 1.5}, 8).config
-    assert few.num_steps == 50 and few.lattice_eta == 0.0 and few.guidance.scale == 2.0
+    assert few.num_steps == 50 and few.lattice_eta == 1.0 and few.guidance.scale == 2.0
     assert few.guidance.mode == "joint" and few.guidance.always == []
     assert full.num_steps == 1000 and full.lattice_eta == 1.0 and full.corrector_steps == 1
+    generator.sampler_settings = {"lattice_eta": 0.0, "corrector_steps": 0}  # e.g. the pre-2026-12 few-step lattice
+    few = generator.sampler(50, 2.0, 8).config
+    assert few.lattice_eta == 0.0 and few.corrector_steps == 0 and few.num_steps == 50
     # a mapping scales the named conditions; the other given ones (here all of the model's) stay at 1
     assert full.guidance.mode == "per_condition" and full.guidance.scales == {"text": 1.5, "properties": 1.0}
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,9 @@ class CrystalGenerator:
     def __init__(self, model: CrystalDiffusionModel, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # SamplerConfig fields set over the step-count defaults, e.g. {"lattice_eta": 0.0} (the pre-2026-12 few-step
+        # lattice) or {"corrector_steps": 0}: for sampler comparisons; recorded by the benchmark scripts
+        self.sampler_settings: dict = {}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> CrystalGenerator:
@@ -228,6 +232,8 @@ class CrystalGenerator:
             guidance = guidance_config(self.model, guidance, None if conditions is None else conditions.given())
         kwargs = dict(batch_size=batch_size, guidance=guidance)
         config = SamplerConfig.few_step(steps, **kwargs) if steps < 100 else SamplerConfig(num_steps=steps, **kwargs)
+        if self.sampler_settings:
+            config = replace(config, **self.sampler_settings)
         return CrystalSampler(self.model.denoiser, self.model.diffusion, config)
 
     @torch.no_grad()
