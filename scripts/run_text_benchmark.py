@@ -36,7 +36,7 @@ _LATTICE_SYSTEM = {
 }
 
 
-_METRICS = ("valid", "unique", "match_any", "composition", "composition_any", "crystal_system",
+_METRICS = ("valid", "unique", "match_any", "composition", "composition_any", "composition_l1", "crystal_system",
             "crystal_system_any", "lattice_system", "num_atoms_mean")  # fmt: skip
 
 
@@ -48,6 +48,13 @@ def lattice_system(structure, symprec: float = 0.1) -> str | None:
         return str(SpacegroupAnalyzer(structure, symprec=symprec).get_lattice_type())
     except Exception:  # noqa: BLE001 - spglib fails on degenerate cells: counted as a miss
         return None
+
+
+def composition_l1(structure, target) -> float:
+    """Sum over elements of |atom fraction in `structure` - atom fraction in `target`|: 0 for the same reduced
+    formula, 2 for disjoint elements. Finer than exact match: it sees ratios that are close but not equal."""
+    gen, ref = structure.composition.fractional_composition, target.composition.fractional_composition
+    return float(sum(abs(gen[el] - ref[el]) for el in set(gen.elements) | set(ref.elements)))
 
 
 def score_prompt(samples: list, target, crystal_system: str, matcher) -> dict:
@@ -74,6 +81,7 @@ def score_prompt(samples: list, target, crystal_system: str, matcher) -> dict:
         "match_any": float(match_any),
         "composition": sum(comp) / n,
         "composition_any": float(any(comp)),
+        "composition_l1": sum(composition_l1(s, target) for s in samples) / n,
         "crystal_system": sum(c == crystal_system for c in systems) / n,
         "crystal_system_any": float(any(c == crystal_system for c in systems)),
         "lattice_system": sum(lat == target_lattice for lat in lattices) / n,
@@ -128,7 +136,8 @@ def main() -> None:
             except ValueError as error:  # e.g. the prompt's formula unit exceeds the model's max_atoms
                 print(f"{row.material_id}: no samples ({error}); scored as a miss")
                 rows.append({"material_id": row.material_id, "prompt": row.prompt, "error": str(error),
-                             **dict.fromkeys(_METRICS, 0.0), "num_atoms_target": len(target)})  # fmt: skip
+                             **dict.fromkeys(_METRICS, 0.0), "composition_l1": 2.0,  # a miss: worst distance
+                             "num_atoms_target": len(target)})  # fmt: skip
                 continue
             sampling_s += time.perf_counter() - start
             for path, structure in zip(paths, samples, strict=True):
