@@ -105,6 +105,9 @@ def test_few_step_sampler_below_100_steps(decoder):
     generator.sampler_settings = {"lattice_eta": 0.0, "corrector_steps": 0}  # e.g. the pre-2026-12 few-step lattice
     few = generator.sampler(50, 2.0, 8).config
     assert few.lattice_eta == 0.0 and few.corrector_steps == 0 and few.num_steps == 50
+    generator.sampler_settings = {"num_steps": 10, "corector_steps": 0}  # steps come from `steps`; a typo
+    with pytest.raises(ValueError, match=r"\['corector_steps', 'num_steps'\] are not SamplerConfig fields"):
+        generator.sampler(50, 2.0, 8)
     # a mapping scales the named conditions; the other given ones (here all of the model's) stay at 1
     assert full.guidance.mode == "per_condition" and full.guidance.scales == {"text": 1.5, "properties": 1.0}
 
@@ -181,6 +184,13 @@ def test_sample_through_the_console_script(decoder, tmp_path):
     assert manifest["complete"] and manifest["num_samples"] == 2 and len(manifest["batches"]) == 1
     with pytest.raises(ValueError, match="--model"):
         sample(out=str(tmp_path / "nothing"))
+    # sampler settings over the defaults are recorded with the request (and so refuse a folder of other settings)
+    main(["sample", "--model", str(decoder), "--out", str(tmp_path / "no_corrector"), "--prompt", "a cubic crystal",
+          "--n", "2", "--batch_size", "2", "--steps", "2", "--sampler", '{"corrector_steps": 0}'])  # fmt: skip
+    progress = json.loads((tmp_path / "no_corrector" / "progress.json").read_text())
+    assert progress["request"]["sampler"] == {"corrector_steps": 0}
+    with pytest.raises(ValueError, match="another request"):
+        sample(str(decoder), str(tmp_path / "no_corrector"), prompt="a cubic crystal", n=2, batch_size=2, steps=2)
 
 
 def test_pretrained_folders_of_the_old_module_path_still_load(decoder, tmp_path):

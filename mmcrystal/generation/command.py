@@ -87,6 +87,8 @@ def write_samples(
     record = conditions.record()
     run = dict(model=model_id, n=n, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
                num_atoms=list(num_atoms) if isinstance(num_atoms, Sequence) else num_atoms, **record)  # fmt: skip
+    if generator.sampler_settings:  # only when set, so folders written without it still resume
+        run["sampler"] = dict(generator.sampler_settings)
     out = Path(out)
     if info.world_size == 1:
         if (out / SHARDS).exists():  # batches finished by an earlier multi-rank run of the same request
@@ -140,6 +142,7 @@ def sample(
     seed: int = 0,
     batch_size: int = 64,
     device: str = "cpu",
+    sampler: dict | None = None,
     merge: str | None = None,
     merge_wait: float = 3600.0,
 ) -> dict:
@@ -175,6 +178,8 @@ def sample(
         seed: Run seed (the same seed gives the same crystals, for any number of ranks).
         batch_size: Crystals per batch (one reverse loop and one file write per batch).
         device: "cpu" or "cuda" (under several ranks, each takes the GPU of its local rank).
+        sampler: `SamplerConfig` fields over the step-count defaults, e.g. '{"corrector_steps": 0}' (recorded with
+            the samples; BENCHMARKS.md compares settings).
         merge: Only merge the rank shards under this OUT folder (after an interrupted distributed run).
         merge_wait: Seconds rank 0 waits for the other ranks before merging what is finished.
     """
@@ -184,6 +189,7 @@ def sample(
         raise ValueError("mmcrystal sample needs --model DIR and --out DIR (or --merge OUT)")
     info = rank_info()
     generator = CrystalGenerator.from_pretrained(model, device_for_rank(device, info))
+    generator.sampler_settings = dict(sampler or {})
     return write_samples(generator, out, n=n, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
                          num_atoms=num_atoms, model_id=model_fingerprint(model), rank=info, merge_wait=merge_wait,
                          prompt=prompt, properties=properties, composition=composition, xrd=xrd,

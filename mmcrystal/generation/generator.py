@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +233,10 @@ class CrystalGenerator:
         kwargs = dict(batch_size=batch_size, guidance=guidance)
         config = SamplerConfig.few_step(steps, **kwargs) if steps < 100 else SamplerConfig(num_steps=steps, **kwargs)
         if self.sampler_settings:
+            known = {f.name for f in fields(SamplerConfig)} - {"num_steps", "batch_size", "guidance"}
+            unknown = sorted(set(self.sampler_settings) - known)
+            if unknown:
+                raise ValueError(f"sampler settings {unknown} are not SamplerConfig fields; use {sorted(known)}")
             config = replace(config, **self.sampler_settings)
         return CrystalSampler(self.model.denoiser, self.model.diffusion, config)
 
