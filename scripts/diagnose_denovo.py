@@ -8,7 +8,7 @@ its residual spread is printed). A ratio well below 1 means a cell too small for
 the lattice; invalid samples with ratios near 1 point at the coordinates instead.
 
     python scripts/diagnose_denovo.py --model runs/x/pretrained --n 500 --steps 50 1000 \
-        --reference ../shared/data/mp_20/val.csv.gz --out runs/x_diag.json
+        --reference ../shared/data/mp_20/val.csv.gz --out runs/x_diag.json [--sampler '{"corrector_steps": 0}']
 
 Unconditional samples (every condition dropped, guidance 0), atom counts from the model's head, seed 0.
 """
@@ -27,7 +27,7 @@ def fit_element_volumes(paths: list[str], limit: int, seed: int = 0) -> tuple[di
     """Per-element atomic volumes (Å^3/atom) by non-negative least squares of V over element counts.
 
     Returns:
-        ({Z: volume}, relative residual std of V / V_exp over the fitted crystals).
+        ({Z: volume}, standard deviation of log(V / V_exp) over the fitted crystals).
     """
     import pandas as pd
     from pymatgen.core import Structure
@@ -105,10 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--reference", nargs="+", default=["../shared/data/mp_20/val.csv.gz"])
     parser.add_argument("--reference-limit", type=int, default=3000)
-    parser.add_argument("--lattice-eta", type=float, default=None, help="override SamplerConfig.lattice_eta")
-    parser.add_argument("--coord-eta", type=float, default=None, help="override SamplerConfig.coord_eta")
-    parser.add_argument("--corrector-steps", type=int, default=None, help="override SamplerConfig.corrector_steps")
-    parser.add_argument("--step-lr", type=float, default=None, help="override SamplerConfig.step_lr")
+    parser.add_argument("--sampler", type=json.loads, default={},
+                        help='SamplerConfig fields over the step-count defaults, e.g. \'{"lattice_eta": 0.0}\'')  # fmt: skip
     parser.add_argument("--out", default=None, help="JSON with the summaries and every record")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -118,17 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     volumes, spread = fit_element_volumes(args.reference, args.reference_limit)
     print(f"element volumes fitted on {args.reference_limit} reference crystals; std of log(V / V_exp) = {spread:.3f}")
     generator = CrystalGenerator.from_pretrained(args.model)
-    given = {"lattice_eta": args.lattice_eta, "coord_eta": args.coord_eta, "corrector_steps": args.corrector_steps,
-             "step_lr": args.step_lr}  # fmt: skip
-    overrides = {k: v for k, v in given.items() if v is not None}
-    generator.sampler_settings = overrides
+    generator.sampler_settings = dict(args.sampler)
     result = {"model": args.model, "reference_log_ratio_std": spread, "runs": {}}
     for steps in args.steps:
         start = time.perf_counter()
         structures = generator.sample(n=args.n, steps=steps, guidance=0.0, seed=args.seed, batch_size=args.batch_size)
         wall = time.perf_counter() - start
         records = describe(structures, volumes)
-        summary = {"steps": steps, **overrides, "sampling_s": round(wall, 1), **summarise(records)}
+        summary = {"steps": steps, **args.sampler, "sampling_s": round(wall, 1), **summarise(records)}
         result["runs"][str(steps)] = {"summary": summary, "records": records}
         print(json.dumps(summary))
     if args.out:
