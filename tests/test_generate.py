@@ -108,6 +108,13 @@ def test_few_step_sampler_below_100_steps(decoder):
     generator.sampler_settings = {"num_steps": 10, "corector_steps": 0}  # steps come from `steps`; a typo
     with pytest.raises(ValueError, match=r"\['corector_steps', 'num_steps'\] are not SamplerConfig fields"):
         generator.sampler(50, 2.0, 8)
+    generator.sampler_settings = {"corrector_steps": 2.0, "step_lr": 1}  # JSON numbers: converted to the field types
+    few = generator.sampler(50, 2.0, 8).config
+    assert few.corrector_steps == 2 and isinstance(few.corrector_steps, int) and isinstance(few.step_lr, float)
+    for bad in ({"corrector_steps": 1.5}, {"step_lr": "small"}):
+        generator.sampler_settings = bad
+        with pytest.raises(ValueError, match="must be a"):
+            generator.sampler(50, 2.0, 8)
     # a mapping scales the named conditions; the other given ones (here all of the model's) stay at 1
     assert full.guidance.mode == "per_condition" and full.guidance.scales == {"text": 1.5, "properties": 1.0}
 

@@ -78,6 +78,16 @@ def _repeat(cond: Condition | None, size: int) -> Condition | None:
     return Condition(cond.tokens.expand(size, -1, -1), cond.mask.expand(size, -1), cond.groups, cond.names)
 
 
+def _as_field_type(config: SamplerConfig, name: str, value):
+    """`value` as the type of `config.name` (int steps, float rates; JSON and CLIs blur 0 and 0.0), or a clear error."""
+    kind = type(getattr(config, name))
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise ValueError(f"sampler setting {name}={value!r} must be {'a whole number' if kind is int else 'a number'}")
+    return kind(value)
+
+
 class CrystalGenerator:
     """Samples crystals from a `CrystalDiffusionModel` given a prompt, properties, a composition, an XRD pattern or
     a space group (whichever the model was trained with).
@@ -237,7 +247,7 @@ class CrystalGenerator:
             unknown = sorted(set(self.sampler_settings) - known)
             if unknown:
                 raise ValueError(f"sampler settings {unknown} are not SamplerConfig fields; use {sorted(known)}")
-            config = replace(config, **self.sampler_settings)
+            config = replace(config, **{k: _as_field_type(config, k, v) for k, v in self.sampler_settings.items()})
         return CrystalSampler(self.model.denoiser, self.model.diffusion, config)
 
     @torch.no_grad()
