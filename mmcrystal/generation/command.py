@@ -73,7 +73,7 @@ def write_samples(
         callback: `callback(structures, batch_index)` after each batch is on disk.
         rank: This process's rank; default `rank_info()` (torchrun / SLURM variables).
         merge_wait: Seconds rank 0 waits for the other ranks' batches before merging what is there.
-        **request: prompt, properties, composition, xrd, spacegroup, elements, prompt_formula.
+        **request: prompt, properties, composition, xrd, spacegroup, elements, prompt_formula, composition_first.
 
     Returns:
         The progress summary of OUT (rank 0 / one process) or of the rank's shard, plus "skipped_batches" (the
@@ -89,6 +89,8 @@ def write_samples(
                num_atoms=list(num_atoms) if isinstance(num_atoms, Sequence) else num_atoms, **record)  # fmt: skip
     if generator.sampler_settings:  # only when set, so folders written without it still resume
         run["sampler"] = dict(generator.sampler_settings)
+    if conditions.composition_first:
+        run["composition_sampling"] = {"temperature": 1.0, "guidance": 1.0, **generator.composition_settings}
     out = Path(out)
     if info.world_size == 1:
         if (out / SHARDS).exists():  # batches finished by an earlier multi-rank run of the same request
@@ -135,6 +137,8 @@ def sample(
     spacegroup: int | str | None = None,
     elements: str | None = None,
     prompt_formula: str = "atoms",
+    composition_first: bool = False,
+    composition_sampling: dict | None = None,
     num_atoms: int | list[int] | None = None,
     n: int = 64,
     steps: int = 1000,
@@ -170,6 +174,11 @@ def sample(
         prompt_formula: What a formula in the prompt does: atoms (default: the atom count only, the text decides
             the types), elements (types drawn from the formula's elements), exact (types held at the formula: the
             model places them, structure prediction by infilling) or ignore.
+        composition_first: Draw each crystal's reduced formula from the model's composition model given the
+            conditions, then denoise the structure with those types held (models trained with composition.enabled;
+            the drawn formula is in samples.jsonl).
+        composition_sampling: How formulas are drawn, e.g. '{"temperature": 0.5, "guidance": 2}' (defaults 1, 1:
+            plain conditional sampling; temperature 0: the most likely formula); recorded with the samples.
         num_atoms: Atoms per crystal (or one per crystal); default: predicted from the condition (or composition).
         n: Number of crystals.
         steps: Reverse-diffusion steps (below 100: the few-step sampler).
@@ -190,7 +199,9 @@ def sample(
     info = rank_info()
     generator = CrystalGenerator.from_pretrained(model, device_for_rank(device, info))
     generator.sampler_settings = dict(sampler or {})
+    generator.composition_settings.update(composition_sampling or {})
     return write_samples(generator, out, n=n, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
                          num_atoms=num_atoms, model_id=model_fingerprint(model), rank=info, merge_wait=merge_wait,
                          prompt=prompt, properties=properties, composition=composition, xrd=xrd,
-                         spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula)  # fmt: skip
+                         spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula,
+                         composition_first=composition_first)  # fmt: skip

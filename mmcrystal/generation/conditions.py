@@ -13,6 +13,10 @@ as `prompt_formula` says (`PROMPT_FORMULA_USES`):
     the de novo model only places them: crystal structure prediction by infilling, with the text still guiding
     lattice and coordinates. Composition match is then 100 % by construction and measures nothing.
   - "ignore": do not look for a formula.
+`composition_first` (models trained with a composition model, `mmcrystal.diffusion.composition_model`): the reduced
+formula of each crystal is drawn from p(formula | condition) first, then held fixed like "exact" while the structure
+is denoised; a formula in the prompt then only informs the condition (the model reads it; nothing is parsed into
+the types), which keeps the Chemeleon protocol's rule that the text alone decides the composition.
 An explicit `composition` given to a de novo model that was not trained with a composition condition is used the
 same way as "exact" (types held fixed); a model with that condition is conditioned on it instead, types drawn.
 """
@@ -72,6 +76,8 @@ class SampleConditions:
         elements: Chemical system the atom types are restricted to (sorted symbols), or None. A sampling
             constraint, not a model condition: the type logits of every other element are masked at every reverse
             step (`CrystalSampler`), so it works with any de novo model, conditioned or not.
+        composition_first: Draw each crystal's reduced formula from the model's composition model, then hold it
+            (module docstring); `held` stays None (the formulas differ per crystal).
     """
 
     prompt: str | None = None
@@ -84,6 +90,7 @@ class SampleConditions:
     elements: list[str] | None = None
     prompt_formula_use: str = "atoms"
     held: Any = None
+    composition_first: bool = False
 
     def given(self) -> list[str]:
         """Names of the conditions this request fills ("composition" also for CSP models without that condition)."""
@@ -105,6 +112,8 @@ class SampleConditions:
             record["elements"] = self.elements
         if self.prompt_formula_use != "atoms":  # the default is left out, so older records read the same
             record["prompt_formula_use"] = self.prompt_formula_use
+        if self.composition_first:
+            record["composition_first"] = True
         return record
 
 
@@ -199,16 +208,19 @@ def resolve_conditions(
     spacegroup: int | str | None = None,
     elements: str | Sequence[str] | None = None,
     prompt_formula: str = "atoms",
+    composition_first: bool = False,
 ) -> SampleConditions:
     """Validate a request against `model` (a `CrystalDiffusionModel`) and load what needs loading.
 
     `elements` restricts the atom types to a chemical system ("Li-Fe-P-O"); a composition, or a formula the prompt
-    names, must then lie inside it. `prompt_formula` says what a formula in the prompt does (module docstring).
+    names, must then lie inside it. `prompt_formula` says what a formula in the prompt does; `composition_first`
+    draws each crystal's formula from the model's composition model (module docstring).
 
     Raises:
         ValueError: a condition the model was not trained with, an unknown property, an unparsable formula or
-            space group, an XRD file that cannot be read, a CSP model without a composition, or a composition
-            outside the requested chemical system.
+            space group, an XRD file that cannot be read, a CSP model without a composition, a composition
+            outside the requested chemical system, or `composition_first` with a model without a composition model,
+            a CSP model, an explicit composition or `prompt_formula="exact"`.
     """
     names, cfg = model.conditions.names, model.config.conditions
     csp = bool(model.config.diffusion.types.fixed_composition)
@@ -249,6 +261,13 @@ def resolve_conditions(
         out.elements = parse_elements([el.symbol for el in out.prompt_formula.elements], cfg.num_elements)
     elif out.prompt_formula is not None and prompt_formula == "exact":
         out.held = out.prompt_formula
+    if composition_first:
+        if getattr(model, "composition", None) is None:
+            raise ValueError("composition_first needs a model trained with a composition model (composition.enabled)")
+        if csp or composition is not None or prompt_formula == "exact":
+            raise ValueError("composition_first draws the formula itself: it excludes a CSP model, an explicit "
+                             "composition and prompt_formula='exact'")  # fmt: skip
+        out.composition_first = True
     return out
 
 

@@ -12,6 +12,8 @@ Atoms per crystal, first rule that applies:
      If the prompt names a formula (`conditions.formula_in_prompt`: "LiFePO4 in an orthorhombic cell"), p(n) is
      restricted to multiples of its formula size (7 for LiFePO4) up to the model's max_atoms and renormalised: a
      prose formula is reduced, while cells usually hold several formula units, and the head knows how many.
+     With `composition_first`, each crystal's reduced formula is drawn first (`composition_seed(seed, i)`) from
+     the composition model, and p(n) is restricted to multiples of that formula's size instead.
 Each crystal's count is drawn with its own seed `sample_seed(seed, i)` (i: the global sample index); the reverse
 loop of batch k (samples k B .. k B + B - 1) runs from `batch_seed(seed, k)`. So any batch can be regenerated alone,
 and a run split over ranks by whole batches gives the same crystals as one process. (Noise is drawn per batch, not
@@ -36,7 +38,7 @@ from mmcrystal.diffusion.num_atoms import draw_num_atoms, restrict_to_multiples
 from mmcrystal.generation.conditions import SampleConditions, guidance_config, resolve_conditions
 from mmcrystal.generation.model import CrystalDiffusionModel
 
-__all__ = ["CrystalGenerator", "batch_seed", "cell_atomic_numbers", "formula_size", "sample_seed"]
+__all__ = ["CrystalGenerator", "batch_seed", "cell_atomic_numbers", "composition_seed", "formula_size", "sample_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ def _derived_seed(tag: str, seed: int, index: int) -> int:
 def batch_seed(seed: int, index: int) -> int:
     """The seed of batch `index` of a run seeded `seed` (independent streams, any batch reproducible alone)."""
     return _derived_seed("mmcrystal-sample", seed, index)
+
+
+def composition_seed(seed: int, index: int) -> int:
+    """The seed of the composition-first formula of global sample `index` of a run seeded `seed`."""
+    return _derived_seed("mmcrystal-composition", seed, index)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -103,6 +110,9 @@ class CrystalGenerator:
         # SamplerConfig fields set over the step-count defaults, e.g. {"lattice_eta": 0.0} (the pre-2026-12 few-step
         # lattice) or {"corrector_steps": 0}: for sampler comparisons; recorded by the benchmark scripts
         self.sampler_settings: dict = {}
+        # how composition_first draws formulas: temperature (0: most likely token) and classifier-free guidance of
+        # the composition model's logits (1: plain conditional); recorded by the text benchmark
+        self.composition_settings: dict = {"temperature": 1.0, "guidance": 1.0}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> CrystalGenerator:
@@ -187,6 +197,37 @@ class CrystalGenerator:
         pooled = torch.zeros(1, model.num_atoms.config.cond_dim, device=self.device)
         return torch.softmax(model.num_atoms(pooled), -1).reshape(-1).cpu()
 
+    def formulas(
+        self, conditions: SampleConditions, cond: Condition | None, indices: Sequence[int], seed: int
+    ) -> list | None:
+        """Reduced formulas (pymatgen `Composition`s) of global samples `indices` drawn from the composition model
+        given `cond` (one request), or None unless the request is `composition_first`."""
+        if not conditions.composition_first:
+            return None
+        from pymatgen.core import Composition, Element
+
+        settings = {"temperature": 1.0, "guidance": 1.0, **self.composition_settings}
+        unknown = sorted(set(settings) - {"temperature", "guidance"})
+        if unknown:
+            raise ValueError(f"composition settings {unknown} are not known; use temperature and guidance")
+        present = cond is not None and bool(cond.present().any())
+        drawn = self.model.composition.sample(
+            cond.select(slice(0, 1)) if present else None,
+            [composition_seed(seed, i) for i in indices],
+            temperature=float(settings["temperature"]),
+            guidance=float(settings["guidance"]),
+            allowed_z=self.allowed_types(conditions),
+            max_atoms=self.model.max_atoms,
+        )
+        out = []
+        for index, formula in zip(indices, drawn, strict=True):
+            if not formula:  # only when the chemical system leaves no element to draw
+                raise ValueError(
+                    f"sample {index}: the composition model drew no element (elements {conditions.elements})"
+                )
+            out.append(Composition({Element.from_Z(z): count for z, count in formula.items()}))
+        return out
+
     def atom_counts(
         self,
         conditions: SampleConditions,
@@ -194,11 +235,23 @@ class CrystalGenerator:
         indices: Sequence[int],
         seed: int,
         given: Sequence[int] | None = None,
+        formulas: Sequence | None = None,
     ) -> torch.Tensor:
-        """`(len(indices),)` atom counts of global samples `indices` (rules in the module docstring)."""
+        """`(len(indices),)` atom counts of global samples `indices` (rules in the module docstring); `formulas`
+        (composition first, one per sample): each count a multiple of its formula's size."""
         comp = conditions.composition
         if given is not None:
+            if formulas is not None:
+                raise ValueError(
+                    "composition_first draws the formula and the number of formula units: leave num_atoms unset"
+                )
             counts = torch.tensor([int(c) for c in given], dtype=torch.long)
+        elif formulas is not None:
+            probs = self.atom_count_distribution(cond)
+            counts = torch.cat([
+                draw_num_atoms(restrict_to_multiples(probs, formula_size(f)), [sample_seed(seed, i)])
+                for f, i in zip(formulas, indices, strict=True)
+            ])  # fmt: skip
         elif comp is not None:
             counts = torch.full((len(indices),), int(round(comp.num_atoms)), dtype=torch.long)
         else:
@@ -215,6 +268,13 @@ class CrystalGenerator:
             for n in counts.unique().tolist():
                 cell_atomic_numbers(comp, n)  # raises if n is not a whole number of formula units
         return counts
+
+    @staticmethod
+    def _holding(requests: Sequence[SampleConditions], formulas: Sequence | None) -> list[SampleConditions]:
+        """The requests with each composition-first sample's drawn formula as its held composition."""
+        if formulas is None:
+            return list(requests)
+        return [replace(r, held=f) for r, f in zip(requests, formulas, strict=True)]
 
     def _fixed_types(self, requests: Sequence[SampleConditions], counts: torch.Tensor) -> torch.Tensor | None:
         """`(sum counts,)` atomic numbers held fixed in the reverse loop: each request's held composition
@@ -280,8 +340,9 @@ class CrystalGenerator:
                 raise ValueError(f"batch {index} does not exist ({num_batches} batches of {batch_size})")
             lo, hi = index * batch_size, min((index + 1) * batch_size, n)
             chosen = None if given is None else given[lo:hi]
-            counts = self.atom_counts(conditions, cond, range(lo, hi), seed, chosen)
-            types = self._fixed_types([conditions] * len(counts), counts)
+            formulas = self.formulas(conditions, cond, range(lo, hi), seed)
+            counts = self.atom_counts(conditions, cond, range(lo, hi), seed, chosen, formulas)
+            types = self._fixed_types(self._holding([conditions] * len(counts), formulas), counts)
             yield index, sampler.sample(counts, _repeat(cond, hi - lo), types, seed=batch_seed(seed, index),
                                         allowed_types=allowed)  # fmt: skip
 
@@ -300,7 +361,7 @@ class CrystalGenerator:
 
         Args:
             requests: Mappings with the keys of `sample` (prompt, properties, composition, xrd, spacegroup,
-                elements, prompt_formula) and optionally num_atoms (an int). All must give the same conditions, since one guidance
+                elements, prompt_formula, composition_first) and optionally num_atoms (an int). All must give the same conditions, since one guidance
                 setting serves the batch.
             steps, guidance, seed, batch_size, callback: As in `sample` (request i is global sample i: its atom
                 count uses `sample_seed(seed, i)`, its batch k = i // batch_size runs from `batch_seed(seed, k)`).
@@ -323,12 +384,15 @@ class CrystalGenerator:
         for index, lo in enumerate(range(0, len(resolved), batch_size)):
             chunk = resolved[lo : lo + batch_size]
             cond = self.encode_many(chunk)
+            conds = [None if cond is None else cond.select(slice(j, j + 1)) for j in range(len(chunk))]
+            drawn = [self.formulas(r, c, [lo + j], seed) for j, (r, c) in enumerate(zip(chunk, conds, strict=True))]
             counts = torch.cat([
-                self.atom_counts(r, None if cond is None else cond.select(slice(j, j + 1)), [lo + j], seed,
-                                 None if counts_given[lo + j] is None else [counts_given[lo + j]])
+                self.atom_counts(r, conds[j], [lo + j], seed,
+                                 None if counts_given[lo + j] is None else [counts_given[lo + j]], drawn[j])
                 for j, r in enumerate(chunk)
             ])  # fmt: skip
-            types = self._fixed_types(chunk, counts)
+            held = [r if f is None else replace(r, held=f[0]) for r, f in zip(chunk, drawn, strict=True)]
+            types = self._fixed_types(held, counts)
             masks = [self.allowed_types(r) for r in chunk]
             allowed = None
             if any(m is not None for m in masks):
@@ -357,6 +421,7 @@ class CrystalGenerator:
         spacegroup: int | str | None = None,
         elements: str | Sequence[str] | None = None,
         prompt_formula: str = "atoms",
+        composition_first: bool = False,
     ) -> list:
         """Generate `n` crystals as pymatgen `Structure`s.
 
@@ -381,9 +446,13 @@ class CrystalGenerator:
             prompt_formula: What a formula in the prompt does: "atoms" (the atom count only; the text decides the
                 types), "elements" (types drawn from its elements), "exact" (types held at the formula: structure
                 prediction by infilling) or "ignore" (see `conditions`).
+            composition_first: Draw each crystal's reduced formula from the model's composition model given the
+                conditions (`composition_settings`: temperature, guidance), then denoise the structure with those
+                types held (models trained with `composition.enabled`).
         """
         conditions = self.resolve(prompt=prompt, properties=properties, composition=composition, xrd=xrd,
-                                  spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula)  # fmt: skip
+                                  spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula,
+                                  composition_first=composition_first)  # fmt: skip
         out = []
         for index, batch in self.batches(n, batch_size, seed, steps, guidance, num_atoms, conditions=conditions):
             structures = batch.to_structures()

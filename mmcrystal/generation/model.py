@@ -1,5 +1,5 @@
-"""`CrystalDiffusionModel`: condition encoder + denoiser + atom-count head + the three diffusion processes, with the
-dataset statistics they need, rebuilt from one `DiffusionModelConfig` (the `config.json` of a pretrained folder).
+"""`CrystalDiffusionModel`: condition encoder + denoiser + atom-count head (+ optional composition-first model) + the
+three diffusion processes, with the dataset statistics they need, rebuilt from one `DiffusionModelConfig` (the `config.json` of a pretrained folder).
 
 `CrystalDiffusion` (mmcrystal/tasks/diffusion.py) trains it; `CrystalGenerator` samples from it.
 """
@@ -27,6 +27,7 @@ from mmcrystal.diffusion import (
     drop_conditions,
     histogram_prior,
 )
+from mmcrystal.diffusion.composition_model import CompositionModel, CompositionModelConfig, reduced_counts
 from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionEncoder, ConditionInputs
 
 __all__ = [
@@ -51,6 +52,8 @@ class DiffusionModelConfig:
         diffusion: The three corruption processes.
         conditions: The condition encoder.
         num_atoms: The atom-count head (`cond_dim` synchronised with `conditions`).
+        composition: The composition-first model p(reduced formula | condition), trained only when `enabled`
+            (`cond_dim`, `num_elements` and `max_atoms` synchronised).
         normalization: Dataset statistics as plain JSON (`normalization_from_manifest`): "lattice"
             (`LatticeNormalization` fields), "properties" ({name: {mean, std}}), "num_atoms_histogram" and, when
             the data had simulated XRD, "xrd" (the 2θ grid of the patterns, `XRD_GRID_KEYS`).
@@ -60,6 +63,7 @@ class DiffusionModelConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     conditions: ConditionConfig = field(default_factory=ConditionConfig)
     num_atoms: NumAtomsConfig = field(default_factory=NumAtomsConfig)
+    composition: CompositionModelConfig = field(default_factory=CompositionModelConfig)
     normalization: dict[str, Any] | None = None
 
 
@@ -95,6 +99,12 @@ def _synchronised(cfg: DiffusionModelConfig) -> DiffusionModelConfig:
         cfg,
         denoiser=replace(cfg.denoiser, cond_dim=width, num_classes=classes),
         num_atoms=replace(cfg.num_atoms, cond_dim=width),
+        composition=replace(
+            cfg.composition,
+            cond_dim=width,
+            num_elements=min(classes, cfg.conditions.num_elements),
+            max_atoms=cfg.num_atoms.max_atoms,
+        ),
     )
 
 
@@ -111,6 +121,7 @@ class CrystalDiffusionModel(nn.Module):
         self.conditions = ConditionEncoder(cfg.conditions)
         self.denoiser = CrystalDenoiser(cfg.denoiser)
         self.num_atoms = NumAtomsPredictor(cfg.num_atoms)
+        self.composition = CompositionModel(cfg.composition) if cfg.composition.enabled else None
         self.diffusion = JointDiffusion(cfg.diffusion)
         self.register_buffer("atom_count_prior", torch.zeros(0), persistent=False)
         if cfg.normalization is not None:
@@ -152,6 +163,7 @@ class CrystalDiffusionModel(nn.Module):
         generator: torch.Generator | None = None,
         denoiser: nn.Module | None = None,
         num_atoms_weight: float = 1.0,
+        composition_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Training losses of a `MultimodalBatch` (the one objective of `CrystalDiffusion` and of design-loop
         decoder updates): keys loss, loss_coords, loss_lattice, loss_types, loss_num_atoms.
@@ -160,6 +172,8 @@ class CrystalDiffusionModel(nn.Module):
         t ~ U per crystal; noisy, targets = corrupt(crystal, t); loss = JointDiffusion.loss(denoiser(noisy, t, cond))
         + num_atoms_weight x CE(atom-count head(pooled cond), num_atoms). All noise from `generator` (global RNG
         when None); `denoiser` defaults to `self.denoiser` (the task passes its EMA copy for validation).
+        With a composition model, + composition_weight x its per-token cross-entropy of the reduced formulas
+        (key loss_composition; formulas outside its vocabulary are left out and counted in composition_skipped).
         """
         if self.normalization is None:
             raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
@@ -176,6 +190,12 @@ class CrystalDiffusionModel(nn.Module):
         pooled = cond.pooled() if cond is not None else crystal.lattice.new_zeros(crystal.num_graphs, width)
         losses["loss_num_atoms"] = self.num_atoms.loss(self.num_atoms(pooled), crystal.num_atoms)
         losses["loss"] = losses["loss"] + num_atoms_weight * losses["loss_num_atoms"]
+        if self.composition is not None:
+            reduced = reduced_counts(crystal.atomic_numbers, crystal.batch, crystal.num_graphs,
+                                     self.composition.config.num_elements)  # fmt: skip
+            losses["loss_composition"], fits = self.composition.loss(reduced, cond)
+            losses["composition_skipped"] = (~fits).sum().to(losses["loss"].dtype)
+            losses["loss"] = losses["loss"] + composition_weight * losses["loss_composition"]
         return losses
 
 

@@ -6,6 +6,7 @@ head; `JointDiffusion` corrupts and scores; `drop_conditions` does the classifie
     cond = condition encoder(batch) -> drop each condition with its probability
     t ~ U[t_min, 1] per crystal; noisy, targets = corrupt(crystal, t)
     loss = JointDiffusion.loss(denoiser(noisy, t, cond)) + w * CE(atom-count head(pooled cond), num_atoms)
+           [+ w_c * CE(composition model(reduced formula | cond)) when the composition-first model is enabled]
 
 There is no sampling loop here (`CrystalSampler` is the only one). The denoiser's exponential moving average is
 updated after every optimiser step (`optimizer_step`, so once per step under gradient accumulation), validated,
@@ -23,6 +24,7 @@ import torch
 from mmcrystal.config import config_from_dict, config_to_dict
 from mmcrystal.data.batch import CrystalBatch, MultimodalBatch
 from mmcrystal.diffusion import DenoiserConfig, DiffusionConfig, NumAtomsConfig
+from mmcrystal.diffusion.composition_model import CompositionModelConfig
 from mmcrystal.diffusion.conditioning import ConditionConfig
 from mmcrystal.diffusion.ema import EMA
 from mmcrystal.generate import CrystalDiffusionModel, DiffusionModelConfig, normalization_from_manifest
@@ -71,6 +73,9 @@ class CrystalDiffusion(TaskBase):
         optim: Optimiser and schedule.
         ema_decay: Decay of the denoiser's exponential moving average (validated and exported).
         num_atoms_weight: Weight of the atom-count cross-entropy in the total loss.
+        composition: The composition-first model p(reduced formula | condition) (`enabled: true` to train it; the
+            sampler's `composition_first` then draws formulas from it).
+        composition_weight: Weight of its per-token cross-entropy in the total loss.
         manifest_root: Prepared dataset whose statistics to use; default: the data module's manifest at setup.
         normalization: Dataset statistics as plain JSON (`normalization_from_manifest`); filled in at setup and
             stored in checkpoints, so a checkpoint needs no dataset. Leave unset when training.
@@ -88,6 +93,8 @@ class CrystalDiffusion(TaskBase):
         optim: OptimConfig | None = None,
         ema_decay: float = 0.999,
         num_atoms_weight: float = 1.0,
+        composition: CompositionModelConfig | None = None,
+        composition_weight: float = 1.0,
         manifest_root: str | None = None,
         normalization: dict | None = None,
         val_seed: int = 0,
@@ -103,6 +110,7 @@ class CrystalDiffusion(TaskBase):
             diffusion=_as_config(diffusion, DiffusionConfig),
             conditions=_as_config(conditions, ConditionConfig),
             num_atoms=_as_config(num_atoms, NumAtomsConfig),
+            composition=_as_config(composition, CompositionModelConfig),
             normalization=normalization,
         )
         self.model = CrystalDiffusionModel(model_cfg)
@@ -117,6 +125,8 @@ class CrystalDiffusion(TaskBase):
                 "optim": config_to_dict(self.optim_cfg),
                 "ema_decay": float(ema_decay),
                 "num_atoms_weight": float(num_atoms_weight),
+                "composition": config_to_dict(cfg.composition),
+                "composition_weight": float(composition_weight),
                 "manifest_root": manifest_root,
                 "normalization": normalization,
                 "val_seed": int(val_seed),
@@ -150,12 +160,16 @@ class CrystalDiffusion(TaskBase):
     ) -> dict[str, torch.Tensor]:
         """The losses of one batch (keys `LOSS_KEYS`); all noise from `generator` (global RNG when None)."""
         denoiser = self.ema.module if use_ema else self.model.denoiser
-        return self.model.losses(batch, generator, denoiser, self.hparams["num_atoms_weight"])
+        return self.model.losses(batch, generator, denoiser, self.hparams["num_atoms_weight"],
+                                 self.hparams.get("composition_weight", 1.0))  # fmt: skip
 
     def _log_losses(self, losses: dict[str, torch.Tensor], split: str, batch_size: int) -> None:
-        for key in LOSS_KEYS:
+        for key in LOSS_KEYS + (("loss_composition",) if "loss_composition" in losses else ()):
             self.log(f"{split}/{key}", losses[key], batch_size=batch_size, prog_bar=key == "loss",
                      sync_dist=split != "train")  # fmt: skip
+        if "composition_skipped" in losses:  # formulas outside the composition model's vocabulary, per epoch
+            self.log(f"{split}/composition_skipped", losses["composition_skipped"], reduce_fx="sum",
+                     on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=split != "train")  # fmt: skip
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch)

@@ -236,3 +236,27 @@ def test_ema_warmup_update_and_optimizer_exclusion():
     other = torch.nn.Linear(2, 2)
     ema.copy_to(other)
     torch.testing.assert_close(other.weight, ema.module.weight)
+
+
+def test_composition_model_trains_with_the_decoder_and_is_exported(tmp_path, mp40_tiny):
+    from mmcrystal.diffusion.composition_model import CompositionModelConfig
+
+    torch.manual_seed(0)
+    composition = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2)
+    task = tiny_task(composition=composition, composition_weight=0.5)
+    assert task.model.composition.config.max_atoms == 32  # synchronised with the atom-count head
+    before = {n: p.detach().clone() for n, p in task.model.composition.named_parameters()}
+    trainer = _trainer(tmp_path, fast_dev_run=2)
+    trainer.fit(task, datamodule=CrystalDataModule(root=str(mp40_tiny), batch_size=8))
+    for split in ("train", "val"):
+        assert torch.isfinite(trainer.callback_metrics[f"{split}/loss_composition"])
+    assert float(trainer.callback_metrics["train/composition_skipped"]) == 0.0  # MP-40 formulas fit the vocabulary
+    moved = [n for n, p in task.model.composition.named_parameters() if not torch.equal(p, before[n])]
+    assert "output.weight" in moved
+    batch = _first_batch(mp40_tiny)
+    losses = _losses(task, batch, 3, use_ema=True)
+    parts = sum(losses[k] for k in ("loss_coords", "loss_lattice", "loss_types")) + losses["loss_num_atoms"]
+    assert losses["loss"] == pytest.approx(parts + 0.5 * losses["loss_composition"], rel=1e-5)
+    loaded = CrystalGenerator.from_pretrained(task.save_pretrained(tmp_path / "decoder"))
+    state = loaded.model.composition.state_dict()
+    assert all(torch.equal(state[n], p) for n, p in task.model.composition.state_dict().items())
