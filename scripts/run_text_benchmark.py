@@ -170,7 +170,7 @@ def main() -> None:
             "num_atoms": "atom-count head; restricted to multiples of a formula the prompt names",
             "prompt_formula": args.prompt_formula,
             "composition_first": bool(args.composition_first),
-            **({"composition_sampling": dict(generator.composition_settings)} if args.composition_first else {}),
+            **({"composition_sampling": generator.composition_sampling()} if args.composition_first else {}),
             # the decoder reads the caption's formula as element tokens (still only the caption as input)
             "text_formula_tokens": bool(generator.model.config.conditions.text_formula_tokens),
             "matcher": {"ltol": 0.3, "stol": 0.5, "angle_tol": 10},

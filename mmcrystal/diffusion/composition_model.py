@@ -34,7 +34,7 @@ from torch import nn
 from mmcrystal.config import register_config
 from mmcrystal.diffusion.condition import Condition
 
-__all__ = ["CompositionModel", "CompositionModelConfig", "reduced_counts"]
+__all__ = ["CompositionModel", "CompositionModelConfig", "reduce_formulas"]
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_ELEMENT = 3  # token of element Z is FIRST_ELEMENT + Z - 1
@@ -70,14 +70,16 @@ class CompositionModelConfig:
     dropout: float = 0.0
 
 
-def reduced_counts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: int, num_elements: int):
-    """Reduced formula of each crystal: `(B, num_elements)` long counts of Z = 1..num_elements divided by their gcd."""
-    counts = torch.zeros(num_graphs, num_elements, dtype=torch.long, device=atomic_numbers.device)
-    counts.index_put_((batch, atomic_numbers.long() - 1), torch.ones_like(batch), accumulate=True)
-    divisor = torch.zeros(num_graphs, dtype=torch.long, device=counts.device)
-    for column in counts.T:  # gcd over elements (gcd(0, x) = x)
-        divisor = torch.gcd(divisor, column)
-    return counts // divisor.clamp(min=1).unsqueeze(1)
+def reduce_formulas(counts: torch.Tensor) -> torch.Tensor:
+    """Atom counts `(B, E)` per element (e.g. `conditioning.composition_counts` without its Z = 0 column) -> the
+    reduced formulas: each row divided by the gcd of its entries, as long."""
+    counts = counts.long()
+    divisor = counts
+    while divisor.shape[1] > 1:  # pairwise gcd folds, log2(E) ops (gcd(0, x) = x pads odd widths)
+        if divisor.shape[1] % 2:
+            divisor = torch.cat([divisor, divisor.new_zeros(divisor.shape[0], 1)], 1)
+        divisor = torch.gcd(divisor[:, 0::2], divisor[:, 1::2])
+    return counts // divisor.clamp(min=1)
 
 
 class CompositionModel(nn.Module):
@@ -110,19 +112,23 @@ class CompositionModel(nn.Module):
         """Token sequences `(B, L)` (PAD after EOS) of reduced counts `(B, num_elements)`, and a `(B,)` bool of the
         formulas that fit the vocabulary (at most max_elements elements, each count at most max_count)."""
         cfg = self.config
-        fits = ((reduced > 0).sum(1) <= cfg.max_elements) & (reduced.max(1).values <= cfg.max_count)
-        rows = []
-        for counts in reduced.cpu().tolist():
-            seq = [BOS]
-            for z_minus_1, count in enumerate(counts):
-                if count > 0:
-                    seq += [FIRST_ELEMENT + z_minus_1, self.count_token(min(count, cfg.max_count))]
-            rows.append(seq[: self.max_len - 1] + [EOS])
-        length = max(len(r) for r in rows)
-        tokens = torch.full((len(rows), length), PAD, dtype=torch.long)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r)] = torch.tensor(r)
-        return tokens.to(reduced.device), fits
+        present = reduced > 0
+        per_row = present.sum(1)  # (B,) elements per formula
+        fits = (per_row <= cfg.max_elements) & (reduced.max(1).values <= cfg.max_count)
+        # one (element, count) pair per present element, in order of Z (nonzero() is row-major), as many as fit
+        rows, z_minus_1 = present.nonzero(as_tuple=True)
+        rank = torch.arange(len(rows), device=rows.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
+        keep = rank < cfg.max_elements
+        rows, z_minus_1, rank = rows[keep], z_minus_1[keep], rank[keep]
+        used = per_row.clamp(max=cfg.max_elements)
+        width = 2 * int(used.max()) + 2 if len(reduced) else 2
+        tokens = torch.full((len(reduced), width), PAD, dtype=torch.long, device=reduced.device)
+        tokens[:, 0] = BOS
+        tokens[rows, 1 + 2 * rank] = FIRST_ELEMENT + z_minus_1
+        counts = reduced[rows, z_minus_1].clamp(max=cfg.max_count)
+        tokens[rows, 2 + 2 * rank] = FIRST_ELEMENT + cfg.num_elements + counts - 1
+        tokens[torch.arange(len(reduced), device=reduced.device), 1 + 2 * used] = EOS
+        return tokens, fits
 
     def decode(self, tokens: Sequence[int]) -> dict[int, int]:
         """{Z: count} of one sampled sequence (BOS and EOS included or not)."""
@@ -198,12 +204,13 @@ class CompositionModel(nn.Module):
         allowed_z: torch.Tensor | None = None,
         max_atoms: int | None = None,
     ) -> list[dict[int, int]]:
-        """One reduced formula {Z: count} per seed, all for the one request `cond` (`(1, T, D)` tokens or None).
+        """One reduced formula {Z: count} per seed, given `cond`: one request (`(1, T, D)` tokens) for all seeds, one
+        row per seed, or None (unconditional).
 
         Each formula is drawn with its own `torch.Generator(seed)`, so it does not depend on the other samples.
         `guidance` s mixes the logits as u + s (c - u) (u: every condition dropped); 1 is plain conditional.
-        `temperature` 0 takes the most likely token at every step. `allowed_z` `(num_elements,)` bool restricts
-        the elements (a chemical system); `max_atoms` caps the formula's size.
+        `temperature` 0 takes the most likely token at every step. `allowed_z` `(num_elements,)` or one row per seed,
+        bool, restricts the elements (a chemical system); `max_atoms` caps the formula's size.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -212,8 +219,12 @@ class CompositionModel(nn.Module):
             return []
         device = self.output.weight.device
         max_atoms = int(max_atoms or self.config.max_atoms)
+        if cond is not None and cond.batch_size not in (1, n):
+            raise ValueError(f"cond has {cond.batch_size} rows for {n} seeds (pass 1 or {n})")
         cond_n = None if cond is None else Condition(cond.tokens.expand(n, -1, -1), cond.mask.expand(n, -1),
                                                      cond.groups, cond.names)  # fmt: skip
+        if allowed_z is not None:
+            allowed_z = allowed_z.to(torch.bool).cpu().reshape(-1, allowed_z.shape[-1]).expand(n, -1)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         prefixes = [[BOS] for _ in range(n)]
         done = [False] * n
@@ -229,7 +240,7 @@ class CompositionModel(nn.Module):
                 if done[i]:
                     prefixes[i].append(PAD)
                     continue
-                ok = self._grammar([t for t in prefixes[i] if t != PAD], allowed_z, max_atoms)
+                ok = self._grammar(prefixes[i], None if allowed_z is None else allowed_z[i], max_atoms)
                 row = logits[i].masked_fill(~ok, float("-inf"))
                 if temperature == 0:
                     token = int(row.argmax())

@@ -90,7 +90,7 @@ def write_samples(
     if generator.sampler_settings:  # only when set, so folders written without it still resume
         run["sampler"] = dict(generator.sampler_settings)
     if conditions.composition_first:
-        run["composition_sampling"] = {"temperature": 1.0, "guidance": 1.0, **generator.composition_settings}
+        run["composition_sampling"] = generator.composition_sampling()
     out = Path(out)
     if info.world_size == 1:
         if (out / SHARDS).exists():  # batches finished by an earlier multi-rank run of the same request

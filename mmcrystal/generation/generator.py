@@ -42,6 +42,10 @@ __all__ = ["CrystalGenerator", "batch_seed", "cell_atomic_numbers", "composition
 
 log = logging.getLogger(__name__)
 
+# how composition_first draws formulas: temperature (0: the most likely token) and classifier-free guidance of the
+# composition model's logits (1: plain conditional)
+COMPOSITION_SAMPLING = {"temperature": 1.0, "guidance": 1.0}
+
 
 def _derived_seed(tag: str, seed: int, index: int) -> int:
     digest = hashlib.sha256(f"{tag}:{int(seed)}:{int(index)}".encode()).digest()
@@ -110,9 +114,8 @@ class CrystalGenerator:
         # SamplerConfig fields set over the step-count defaults, e.g. {"lattice_eta": 0.0} (the pre-2026-12 few-step
         # lattice) or {"corrector_steps": 0}: for sampler comparisons; recorded by the benchmark scripts
         self.sampler_settings: dict = {}
-        # how composition_first draws formulas: temperature (0: most likely token) and classifier-free guidance of
-        # the composition model's logits (1: plain conditional); recorded by the text benchmark
-        self.composition_settings: dict = {"temperature": 1.0, "guidance": 1.0}
+        # COMPOSITION_SAMPLING fields set over their defaults (`composition_sampling()`); recorded with the samples
+        self.composition_settings: dict = {}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> CrystalGenerator:
@@ -197,35 +200,38 @@ class CrystalGenerator:
         pooled = torch.zeros(1, model.num_atoms.config.cond_dim, device=self.device)
         return torch.softmax(model.num_atoms(pooled), -1).reshape(-1).cpu()
 
+    def composition_sampling(self) -> dict[str, float]:
+        """`COMPOSITION_SAMPLING` with `composition_settings` over it; an unknown setting is a clear error."""
+        unknown = sorted(set(self.composition_settings) - set(COMPOSITION_SAMPLING))
+        if unknown:
+            raise ValueError(f"composition settings {unknown} are not known; use {sorted(COMPOSITION_SAMPLING)}")
+        return {k: float(v) for k, v in {**COMPOSITION_SAMPLING, **self.composition_settings}.items()}
+
     def formulas(
-        self, conditions: SampleConditions, cond: Condition | None, indices: Sequence[int], seed: int
+        self, requests: Sequence[SampleConditions], cond: Condition | None, indices: Sequence[int], seed: int
     ) -> list | None:
-        """Reduced formulas (pymatgen `Composition`s) of global samples `indices` drawn from the composition model
-        given `cond` (one request), or None unless the request is `composition_first`."""
-        if not conditions.composition_first:
+        """Reduced formulas (pymatgen `Composition`s, None for requests that are not `composition_first`) of global
+        samples `indices`, sample i of request `requests[i]` with condition row i of `cond` (or its single row),
+        all drawn from the composition model in one loop; None when no request is composition-first."""
+        chosen = [i for i, r in enumerate(requests) if r.composition_first]
+        if not chosen:
             return None
         from pymatgen.core import Composition, Element
 
-        settings = {"temperature": 1.0, "guidance": 1.0, **self.composition_settings}
-        unknown = sorted(set(settings) - {"temperature", "guidance"})
-        if unknown:
-            raise ValueError(f"composition settings {unknown} are not known; use temperature and guidance")
-        present = cond is not None and bool(cond.present().any())
-        drawn = self.model.composition.sample(
-            cond.select(slice(0, 1)) if present else None,
-            [composition_seed(seed, i) for i in indices],
-            temperature=float(settings["temperature"]),
-            guidance=float(settings["guidance"]),
-            allowed_z=self.allowed_types(conditions),
-            max_atoms=self.model.max_atoms,
-        )
-        out = []
-        for index, formula in zip(indices, drawn, strict=True):
+        settings = self.composition_sampling()
+        if cond is not None and cond.batch_size > 1:
+            cond = cond.select(torch.tensor(chosen, device=cond.tokens.device))
+        masks = [self.allowed_types(requests[i]) for i in chosen]
+        every = torch.ones(self.model.diffusion.types.num_classes, dtype=torch.bool)
+        allowed = None if all(m is None for m in masks) else torch.stack([every if m is None else m for m in masks])
+        drawn = self.model.composition.sample(cond, [composition_seed(seed, indices[i]) for i in chosen],
+                                              allowed_z=allowed, max_atoms=self.model.max_atoms, **settings)  # fmt: skip
+        out: list = [None] * len(requests)
+        for i, formula in zip(chosen, drawn, strict=True):
             if not formula:  # only when the chemical system leaves no element to draw
-                raise ValueError(
-                    f"sample {index}: the composition model drew no element (elements {conditions.elements})"
-                )
-            out.append(Composition({Element.from_Z(z): count for z, count in formula.items()}))
+                raise ValueError(f"sample {indices[i]}: the composition model drew no element "
+                                 f"(elements {requests[i].elements})")  # fmt: skip
+            out[i] = Composition({Element.from_Z(z): count for z, count in formula.items()})
         return out
 
     def atom_counts(
@@ -274,7 +280,7 @@ class CrystalGenerator:
         """The requests with each composition-first sample's drawn formula as its held composition."""
         if formulas is None:
             return list(requests)
-        return [replace(r, held=f) for r, f in zip(requests, formulas, strict=True)]
+        return [r if f is None else replace(r, held=f) for r, f in zip(requests, formulas, strict=True)]
 
     def _fixed_types(self, requests: Sequence[SampleConditions], counts: torch.Tensor) -> torch.Tensor | None:
         """`(sum counts,)` atomic numbers held fixed in the reverse loop: each request's held composition
@@ -340,7 +346,7 @@ class CrystalGenerator:
                 raise ValueError(f"batch {index} does not exist ({num_batches} batches of {batch_size})")
             lo, hi = index * batch_size, min((index + 1) * batch_size, n)
             chosen = None if given is None else given[lo:hi]
-            formulas = self.formulas(conditions, cond, range(lo, hi), seed)
+            formulas = self.formulas([conditions] * (hi - lo), cond, range(lo, hi), seed)
             counts = self.atom_counts(conditions, cond, range(lo, hi), seed, chosen, formulas)
             types = self._fixed_types(self._holding([conditions] * len(counts), formulas), counts)
             yield index, sampler.sample(counts, _repeat(cond, hi - lo), types, seed=batch_seed(seed, index),
@@ -385,14 +391,14 @@ class CrystalGenerator:
             chunk = resolved[lo : lo + batch_size]
             cond = self.encode_many(chunk)
             conds = [None if cond is None else cond.select(slice(j, j + 1)) for j in range(len(chunk))]
-            drawn = [self.formulas(r, c, [lo + j], seed) for j, (r, c) in enumerate(zip(chunk, conds, strict=True))]
+            drawn = self.formulas(chunk, cond, range(lo, lo + len(chunk)), seed) or [None] * len(chunk)
             counts = torch.cat([
                 self.atom_counts(r, conds[j], [lo + j], seed,
-                                 None if counts_given[lo + j] is None else [counts_given[lo + j]], drawn[j])
+                                 None if counts_given[lo + j] is None else [counts_given[lo + j]],
+                                 None if drawn[j] is None else [drawn[j]])
                 for j, r in enumerate(chunk)
             ])  # fmt: skip
-            held = [r if f is None else replace(r, held=f[0]) for r, f in zip(chunk, drawn, strict=True)]
-            types = self._fixed_types(held, counts)
+            types = self._fixed_types(self._holding(chunk, drawn), counts)
             masks = [self.allowed_types(r) for r in chunk]
             allowed = None
             if any(m is not None for m in masks):

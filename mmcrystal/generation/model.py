@@ -1,5 +1,6 @@
 """`CrystalDiffusionModel`: condition encoder + denoiser + atom-count head (+ optional composition-first model) + the
-three diffusion processes, with the dataset statistics they need, rebuilt from one `DiffusionModelConfig` (the `config.json` of a pretrained folder).
+three diffusion processes, with the dataset statistics they need, rebuilt from one `DiffusionModelConfig` (the
+`config.json` of a pretrained folder).
 
 `CrystalDiffusion` (mmcrystal/tasks/diffusion.py) trains it; `CrystalGenerator` samples from it.
 """
@@ -27,7 +28,7 @@ from mmcrystal.diffusion import (
     drop_conditions,
     histogram_prior,
 )
-from mmcrystal.diffusion.composition_model import CompositionModel, CompositionModelConfig, reduced_counts
+from mmcrystal.diffusion.composition_model import CompositionModel, CompositionModelConfig, reduce_formulas
 from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionEncoder, ConditionInputs
 
 __all__ = [
@@ -191,8 +192,8 @@ class CrystalDiffusionModel(nn.Module):
         losses["loss_num_atoms"] = self.num_atoms.loss(self.num_atoms(pooled), crystal.num_atoms)
         losses["loss"] = losses["loss"] + num_atoms_weight * losses["loss_num_atoms"]
         if self.composition is not None:
-            reduced = reduced_counts(crystal.atomic_numbers, crystal.batch, crystal.num_graphs,
-                                     self.composition.config.num_elements)  # fmt: skip
+            # inputs.composition: (B, num_elements + 1) atom counts in column Z
+            reduced = reduce_formulas(inputs.composition[:, 1 : self.composition.config.num_elements + 1])
             losses["loss_composition"], fits = self.composition.loss(reduced, cond)
             losses["composition_skipped"] = (~fits).sum().to(losses["loss"].dtype)
             losses["loss"] = losses["loss"] + composition_weight * losses["loss_composition"]

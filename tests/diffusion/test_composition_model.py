@@ -5,13 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcrystal.diffusion.composition_model import CompositionModel, CompositionModelConfig, reduced_counts
+from mmcrystal.diffusion.composition_model import CompositionModel, CompositionModelConfig, reduce_formulas
 from mmcrystal.diffusion.condition import Condition
+from mmcrystal.diffusion.conditioning import composition_counts
 
 # Sr2Ti2O6 (a doubled perovskite cell), LiFePO4, NaCl x 2
 NUMBERS = torch.tensor([38, 38, 22, 22, 8, 8, 8, 8, 8, 8, 3, 26, 15, 8, 8, 8, 8, 11, 17, 11, 17])
 BATCH = torch.tensor([0] * 10 + [1] * 7 + [2] * 4)
 FORMULAS = [{8: 3, 22: 1, 38: 1}, {3: 1, 8: 4, 15: 1, 26: 1}, {11: 1, 17: 1}]
+
+
+def _reduced(numbers: torch.Tensor, batch: torch.Tensor, num_crystals: int, num_elements: int) -> torch.Tensor:
+    """Reduced formulas `(B, num_elements)` of atoms with crystal indices (columns Z = 1..num_elements)."""
+    return reduce_formulas(composition_counts(numbers, batch, num_crystals, num_elements)[:, 1:])
 
 
 def _model(**overrides) -> CompositionModel:
@@ -32,19 +38,19 @@ def _as_dict(row: torch.Tensor) -> dict[int, int]:
     return {int(z) + 1: int(c) for z, c in enumerate(row.tolist()) if c}
 
 
-def test_reduced_counts_divide_by_the_gcd():
-    reduced = reduced_counts(NUMBERS, BATCH, 3, 100)
+def test_reduce_formulas_divides_by_the_gcd():
+    reduced = _reduced(NUMBERS, BATCH, 3, 100)
     assert [_as_dict(r) for r in reduced] == FORMULAS
 
 
 def test_tokens_round_trip_and_vocabulary_limits():
     model = _model(max_count=3, max_elements=3)
-    reduced = reduced_counts(NUMBERS, BATCH, 3, 100)
+    reduced = _reduced(NUMBERS, BATCH, 3, 100)
     tokens, fits = model.encode(reduced)
     assert fits.tolist() == [True, False, True]  # LiFePO4: 4 elements > max_elements 3
     assert model.decode(tokens[0, 1:].tolist()) == FORMULAS[0]
     assert model.decode(tokens[2, 1:].tolist()) == FORMULAS[2]
-    too_many = reduced_counts(torch.tensor([8, 8, 8, 8, 14]), torch.zeros(5, dtype=torch.long), 1, 100)
+    too_many = _reduced(torch.tensor([8, 8, 8, 8, 14]), torch.zeros(5, dtype=torch.long), 1, 100)
     assert model.encode(too_many)[1].tolist() == [False]  # O4: count 4 > max_count 3
     loss, fits = model.loss(too_many, _cond(1))
     assert not fits.any() and float(loss.detach()) == 0.0  # nothing to learn from, and no NaN
@@ -54,7 +60,7 @@ def test_dropped_conditions_equal_no_condition():
     # the null memory token is always present: a sample with every condition token masked (CFG dropout) must be
     # exactly the unconditional model, which is what guidance subtracts
     model = _model().eval()
-    tokens, _ = model.encode(reduced_counts(NUMBERS, BATCH, 3, 100))
+    tokens, _ = model.encode(_reduced(NUMBERS, BATCH, 3, 100))
     dropped = model(tokens, _cond(3).empty())
     torch.testing.assert_close(dropped, model(tokens, None))
     assert not torch.allclose(model(tokens, _cond(3)), dropped)
@@ -86,7 +92,7 @@ def test_learns_each_conditions_formula():
     # guidance) returns the formula of the condition it is given; an untrained model does not
     model = _model()
     cond = _cond(3)
-    reduced = reduced_counts(NUMBERS, BATCH, 3, 100)
+    reduced = _reduced(NUMBERS, BATCH, 3, 100)
     before = [model.eval().sample(cond.select(slice(i, i + 1)), [0], temperature=0.0)[0] for i in range(3)]
     assert before != FORMULAS
     optimizer = torch.optim.Adam(model.train().parameters(), lr=3e-3)
@@ -95,10 +101,13 @@ def test_learns_each_conditions_formula():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(loss) < 0.05
+    assert float(loss.detach()) < 0.05
     model.eval()
     for i, formula in enumerate(FORMULAS):
         one = cond.select(slice(i, i + 1))
         assert model.sample(one, [0], temperature=0.0) == [formula]
         assert model.sample(one, range(5), temperature=1.0) == [formula] * 5
         assert model.sample(one, range(5), guidance=2.0) == [formula] * 5
+    assert model.sample(cond, [0, 1, 2], temperature=0.0) == FORMULAS  # one condition row per seed, one loop
+    with pytest.raises(ValueError, match="rows"):
+        model.sample(cond, [0, 1])

@@ -9,13 +9,18 @@ import pytest
 import torch
 
 from encoders import TextConfig
-from mmcrystal.diffusion.composition_model import CompositionModelConfig, reduced_counts
-from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionInputs
+from mmcrystal.diffusion.composition_model import CompositionModelConfig, reduce_formulas
+from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionInputs, composition_counts
 from mmcrystal.generate import CrystalDiffusionModel, CrystalGenerator, DiffusionModelConfig, resolve_conditions
 from mmcrystal.generation.command import write_samples
 
 # two prompts and the formula the composition model is taught for each (one cell: Li4Fe4P4O16, Na4Cl4)
 PROMPTS = {"an olivine phosphate cathode": [3, 26, 15, 8, 8, 8, 8], "a rock-salt halide": [11, 17]}
+
+
+def _reduced(numbers: torch.Tensor, batch: torch.Tensor, num_crystals: int, num_elements: int) -> torch.Tensor:
+    """Reduced formulas `(B, num_elements)` of atoms with crystal indices (columns Z = 1..num_elements)."""
+    return reduce_formulas(composition_counts(numbers, batch, num_crystals, num_elements)[:, 1:])
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,7 @@ def taught(tiny_parts, normalization) -> CrystalGenerator:
     model = CrystalDiffusionModel(config)
     numbers = torch.tensor([z for cell in PROMPTS.values() for z in cell])
     batch = torch.repeat_interleave(torch.arange(len(PROMPTS)), torch.tensor([len(c) for c in PROMPTS.values()]))
-    reduced = reduced_counts(numbers, batch, len(PROMPTS), 100)
+    reduced = _reduced(numbers, batch, len(PROMPTS), 100)
     inputs = ConditionInputs(batch_size=len(PROMPTS), captions=list(PROMPTS), caption_mask=torch.ones(2, dtype=bool))
     optimizer = torch.optim.Adam(model.composition.parameters(), lr=3e-3)
     with torch.no_grad():
