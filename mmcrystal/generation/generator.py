@@ -205,7 +205,11 @@ class CrystalGenerator:
         unknown = sorted(set(self.composition_settings) - set(COMPOSITION_SAMPLING))
         if unknown:
             raise ValueError(f"composition settings {unknown} are not known; use {sorted(COMPOSITION_SAMPLING)}")
-        return {k: float(v) for k, v in {**COMPOSITION_SAMPLING, **self.composition_settings}.items()}
+        settings = {**COMPOSITION_SAMPLING, **self.composition_settings}
+        for key, value in settings.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"composition setting {key}={value!r} must be a number")
+        return {k: float(v) for k, v in settings.items()}
 
     def formulas(
         self, requests: Sequence[SampleConditions], cond: Condition | None, indices: Sequence[int], seed: int

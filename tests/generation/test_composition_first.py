@@ -91,6 +91,9 @@ def test_refused_where_it_cannot_apply(taught, text_decoder):
     try:
         with pytest.raises(ValueError, match="top_k"):
             taught.sample(prompt="a rock-salt halide", n=1, steps=2, composition_first=True)
+        taught.composition_settings = {"temperature": "hot"}
+        with pytest.raises(ValueError, match="temperature='hot' must be a number"):
+            taught.sample(prompt="a rock-salt halide", n=1, steps=2, composition_first=True)
     finally:
         taught.composition_settings = {"temperature": 1.0, "guidance": 1.0}
 
