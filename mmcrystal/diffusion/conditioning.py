@@ -59,6 +59,11 @@ class ConditionConfig:
             same guidance group as the text. Why: general-purpose word-piece tokenisers cut formulas into
             arbitrary pieces (MiniLM lower-cases LiFePO4 and splits it into li ##fe ##po ##4), which leaves the
             decoder to learn stoichiometry from sub-word statistics. The caption is still the only input.
+        text_formula_counts: With `text_formula_tokens`, also add to each formula token an embedding of the
+            element's whole count as the caption writes it (1..text_formula_counts; larger counts share the last
+            embedding); 0 leaves it out. Why: the atom fraction alone does not say the integer count (4/35 of
+            Tb4Ga21Ni10), so a composition model conditioned on fractions cannot copy a formula unit it never saw;
+            with the count it can (BENCHMARKS.md, "MP-40-sized formulas").
         drop_prob: Classifier-free-guidance drop probability per condition name during training.
         default_drop_prob: Drop probability of the conditions not named in `drop_prob`.
     """
@@ -72,6 +77,7 @@ class ConditionConfig:
     num_elements: int = 100
     num_freqs: int = 16
     text_formula_tokens: bool = False
+    text_formula_counts: int = 0
     drop_prob: dict[str, float] = field(default_factory=dict)
     default_drop_prob: float = 0.1
 
@@ -165,18 +171,26 @@ class ScalarEmbedding(nn.Module):
 
 
 def element_tokens(
-    counts: torch.Tensor, element_embedding: nn.Embedding, fraction_embedding: ScalarEmbedding
+    counts: torch.Tensor,
+    element_embedding: nn.Embedding,
+    fraction_embedding: ScalarEmbedding,
+    count_embedding: nn.Embedding | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Atom counts `(B, Z + 1)` (column Z) -> one token per present element `(B, E, dim)` and mask `(B, E)`:
-    element embedding + embedding of its atom fraction; present elements first in order of Z, padded to the largest
-    number of elements E in the batch (at least 1 token, masked where a row has no element)."""
+    element embedding + embedding of its atom fraction (+ `count_embedding` of its whole count, clamped to the
+    table's last row); present elements first in order of Z, padded to the largest number of elements E in the batch
+    (at least 1 token, masked where a row has no element)."""
     counts = counts.float()
     present = counts > 0  # (B, Z + 1)
     width = max(int(present.sum(1).max()), 1) if counts.shape[0] else 1
     order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]  # (B, E)
     mask = torch.gather(present, 1, order)
-    fractions = torch.gather(counts, 1, order) / counts.sum(1, keepdim=True).clamp(min=1.0)  # (B, E)
-    return element_embedding(order) + fraction_embedding(fractions), mask
+    chosen = torch.gather(counts, 1, order)  # (B, E) atoms of each token's element
+    tokens = element_embedding(order) + fraction_embedding(chosen / counts.sum(1, keepdim=True).clamp(min=1.0))
+    if count_embedding is not None:
+        whole = chosen.round().long().clamp(0, count_embedding.num_embeddings - 1)  # 0 only on padding tokens
+        tokens = tokens + count_embedding(whole)
+    return tokens, mask
 
 
 def _load_aligned_encoders(folder: str) -> dict[str, nn.Module]:
@@ -208,6 +222,9 @@ class ConditionEncoder(nn.Module):
         if unknown or len(set(cfg.conditions)) != len(cfg.conditions):
             raise ValueError(f"conditions must be distinct names from {CONDITIONS}; got {cfg.conditions}")
         names, dim = cfg.conditions, cfg.cond_dim
+        if cfg.text_formula_counts < 0 or (cfg.text_formula_counts and not cfg.text_formula_tokens):
+            raise ValueError(f"text_formula_counts must be >= 0 and needs text_formula_tokens: true; got "
+                             f"{cfg.text_formula_counts} with text_formula_tokens={cfg.text_formula_tokens}")  # fmt: skip
         aligned = _load_aligned_encoders(cfg.aligned_model) if cfg.aligned_model else {}
         self.frozen_names: list[str] = []
         if "text" in names:
@@ -219,6 +236,8 @@ class ConditionEncoder(nn.Module):
             if cfg.text_formula_tokens:
                 self.formula_element_embedding = nn.Embedding(cfg.num_elements + 1, dim)
                 self.formula_fraction_embedding = ScalarEmbedding(dim, cfg.num_freqs)
+                if cfg.text_formula_counts > 0:
+                    self.formula_count_embedding = nn.Embedding(cfg.text_formula_counts + 1, dim)
         if "xrd" in names:
             if "xrd" in aligned:
                 self.xrd_encoder = _frozen(aligned["xrd"])
@@ -278,7 +297,8 @@ class ConditionEncoder(nn.Module):
         if not self.config.text_formula_tokens:
             return tokens, mask
         counts = self._caption_formulas(inputs, mask.any(dim=1))  # (B, Z + 1)
-        formula, formula_mask = element_tokens(counts, self.formula_element_embedding, self.formula_fraction_embedding)
+        formula, formula_mask = element_tokens(counts, self.formula_element_embedding, self.formula_fraction_embedding,
+                                               getattr(self, "formula_count_embedding", None))  # fmt: skip
         return torch.cat([tokens, formula.to(tokens.dtype)], dim=1), torch.cat([mask, formula_mask], dim=1)
 
     def _caption_formulas(self, inputs: ConditionInputs, present: torch.Tensor) -> torch.Tensor:

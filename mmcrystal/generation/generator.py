@@ -238,6 +238,15 @@ class CrystalGenerator:
             out[i] = Composition({Element.from_Z(z): count for z, count in formula.items()})
         return out
 
+    @torch.no_grad()
+    def sample_formulas(self, n: int = 16, seed: int = 0, **request) -> list:
+        """The reduced formulas (pymatgen `Composition`s) that `sample(..., composition_first=True, n=n, seed=seed)`
+        would hold, drawn from the composition model alone (no structure): a cheap look at what a prompt implies,
+        and the composition-match benchmark over many prompts. `request`: prompt, properties, xrd, spacegroup,
+        elements, as in `sample`."""
+        conditions = self.resolve(**request, composition_first=True)
+        return self.formulas([conditions] * n, self.encode(conditions), range(n), seed) or []
+
     def atom_counts(
         self,
         conditions: SampleConditions,

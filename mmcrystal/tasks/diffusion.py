@@ -20,6 +20,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from mmcrystal.config import config_from_dict, config_to_dict
 from mmcrystal.data.batch import CrystalBatch, MultimodalBatch
@@ -80,6 +81,10 @@ class CrystalDiffusion(TaskBase):
         normalization: Dataset statistics as plain JSON (`normalization_from_manifest`); filled in at setup and
             stored in checkpoints, so a checkpoint needs no dataset. Leave unset when training.
         val_seed: Base seed of the validation noise (batch i uses val_seed + i), so validation losses compare.
+        init_from: Decoder folder (`save_pretrained`) or `CrystalDiffusion` checkpoint whose weights start this run
+            (`mmcrystal.tasks.warm_start`: same-named tensors copied, grown tables copied on their overlap, new
+            heads fresh; the EMA starts from the result). Applied once, when `fit` starts at step 0: a resumed run
+            takes its checkpoint's weights, and loading a checkpoint never reads this path (kept as provenance).
     """
 
     compile_targets = ("model.denoiser",)  # the network that runs every step (CompileNetworks)
@@ -98,6 +103,7 @@ class CrystalDiffusion(TaskBase):
         manifest_root: str | None = None,
         normalization: dict | None = None,
         val_seed: int = 0,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.optim_cfg = _as_config(optim, OptimConfig)
@@ -130,6 +136,7 @@ class CrystalDiffusion(TaskBase):
                 "manifest_root": manifest_root,
                 "normalization": normalization,
                 "val_seed": int(val_seed),
+                "init_from": None if init_from is None else str(init_from),
             }
         )
         self.ema = EMA(self.model.denoiser, ema_decay)
@@ -148,6 +155,20 @@ class CrystalDiffusion(TaskBase):
             return
         manifest = self.datamodule_manifest("dataset statistics (lattice, properties)")
         self.set_normalization(normalization_from_manifest(manifest))
+
+    def on_fit_start(self) -> None:
+        """Warm start from `init_from` (class docstring) before the first step; a resumed run (step > 0) keeps its
+        checkpoint's weights."""
+        source = self.hparams.get("init_from")
+        if source is None or self.global_step > 0:
+            return
+        from mmcrystal.tasks.warm_start import copy_matching, decoder_state
+
+        report = copy_matching(self.model, decoder_state(source))
+        if not report.copied:
+            raise ValueError(f"init_from {source}: no tensor matches this decoder by name and shape")
+        self.ema.module.load_state_dict(self.model.denoiser.state_dict())
+        rank_zero_info(f"init_from {source}: {report.summary()}")  # Lightning's logger: shown by `diffuse fit`
 
     def set_normalization(self, normalization: dict) -> None:
         """Adopt dataset statistics and record them in the hyperparameters (and so in every checkpoint)."""

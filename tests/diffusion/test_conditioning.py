@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from encoders import TextConfig
-from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionEncoder, ConditionInputs
+from mmcrystal.diffusion.conditioning import (
+    ConditionConfig,
+    ConditionEncoder,
+    ConditionInputs,
+    ScalarEmbedding,
+    element_tokens,
+)
 from mmcrystal.diffusion.guidance import drop_conditions
 from mmcrystal.formulas import formula_counts
 
 
-def _encoder(formula_tokens: bool) -> ConditionEncoder:
+def _encoder(formula_tokens: bool, counts: int = 0) -> ConditionEncoder:
     torch.manual_seed(0)
     config = ConditionConfig(conditions=["text"], cond_dim=16, text=TextConfig(model_name="tiny-random"),
-                             text_formula_tokens=formula_tokens)  # fmt: skip
+                             text_formula_tokens=formula_tokens, text_formula_counts=counts)  # fmt: skip
     return ConditionEncoder(config).eval()
 
 
@@ -52,3 +59,33 @@ def test_formula_tokens_encode_fractions():
     formula = cond.tokens[:, -3:]
     torch.testing.assert_close(formula[0], formula[1])
     assert not torch.allclose(formula[0], formula[2])
+
+
+def test_formula_count_tokens_tell_formula_units_apart():
+    """With `text_formula_counts` the tokens also carry whole counts: SrTiO3 and Sr2Ti2O6 (same fractions) differ."""
+    encoder = _encoder(True, counts=8)
+    captions = ["SrTiO3 cubic", "Sr2Ti2O6 cubic", "SrTiO3 again"]
+    cond = encoder(ConditionInputs(batch_size=3, captions=captions, caption_mask=torch.ones(3, dtype=torch.bool)))
+    formula = cond.tokens[:, -3:]
+    assert not torch.allclose(formula[0], formula[1])
+    torch.testing.assert_close(formula[0], formula[2])
+
+
+def test_element_tokens_add_clamped_count_embedding():
+    torch.manual_seed(0)
+    elements, fractions, count_table = torch.nn.Embedding(10, 4), ScalarEmbedding(4, 2), torch.nn.Embedding(4, 4)
+    counts = torch.zeros(2, 10)
+    counts[0, [3, 8]] = torch.tensor([1.0, 9.0])  # 9 atoms: beyond the table's last count (3) -> row 3
+    counts[1, 5] = 2.0  # one element: its second token is padding (count 0)
+    plain, mask = element_tokens(counts, elements, fractions)
+    with_counts, mask_c = element_tokens(counts, elements, fractions, count_table)
+    assert torch.equal(mask, mask_c) and mask.tolist() == [[True, True], [True, False]]
+    expected = count_table(torch.tensor([[1, 3], [2, 0]]))
+    torch.testing.assert_close(with_counts - plain, expected)
+
+
+def test_formula_counts_need_formula_tokens():
+    with pytest.raises(ValueError, match="text_formula_counts"):
+        _encoder(False, counts=8)
+    with pytest.raises(ValueError, match="text_formula_counts"):
+        _encoder(True, counts=-1)

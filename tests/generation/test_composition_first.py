@@ -69,6 +69,9 @@ def test_seeded_per_sample_and_the_same_through_requests(taught):
         assert [s.composition for s in again] == [s.composition for s in six]  # formula and count per sample index
         one = taught.sample_requests([{"prompt": "a rock-salt halide", "composition_first": True}], steps=2, seed=4)
         assert one[0].composition == six[0].composition
+        # the formulas alone (no structure): exactly those the samples hold
+        formulas = taught.sample_formulas(n=6, seed=4, prompt="a rock-salt halide")
+        assert [f.reduced_formula for f in formulas] == [s.composition.reduced_formula for s in six]
     finally:
         taught.composition_settings = {"temperature": 1.0, "guidance": 1.0}
 

@@ -28,7 +28,7 @@ def tiny_task(conditions=("text",), hidden: int = 32, lr: float = 3e-3, **kwargs
         conditions=ConditionConfig(
             conditions=list(conditions), cond_dim=32, text=TEXT, properties=["band_gap", "energy_above_hull"]
         ),  # fmt: skip
-        num_atoms=NumAtomsConfig(hidden_dim=32, num_layers=2, max_atoms=32),
+        num_atoms=kwargs.pop("num_atoms", NumAtomsConfig(hidden_dim=32, num_layers=2, max_atoms=32)),
         optim=OptimConfig(lr=lr, warmup_steps=2, weight_decay=0.0),
         **kwargs,
     )
@@ -260,3 +260,49 @@ def test_composition_model_trains_with_the_decoder_and_is_exported(tmp_path, mp4
     loaded = CrystalGenerator.from_pretrained(task.save_pretrained(tmp_path / "decoder"))
     state = loaded.model.composition.state_dict()
     assert all(torch.equal(state[n], p) for n, p in task.model.composition.state_dict().items())
+
+
+def test_init_from_warm_starts_a_grown_decoder_with_a_new_head(trained, tmp_path, mp40_tiny):
+    """init_from: same tensors copied (EMA denoiser of the source), grown tables copied on their overlap, the new
+    composition model fresh; applied when fit starts at step 0 only; a checkpoint of it loads without the source."""
+    from mmcrystal.diffusion.composition_model import CompositionModelConfig
+    from mmcrystal.tasks.warm_start import copy_matching, decoder_state
+
+    source, trainer, root = trained
+    folder = source.save_pretrained(tmp_path / "source")
+    trainer.save_checkpoint(root / "warm.ckpt")
+    composition = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2)
+    grown = tiny_task(conditions=("text", "properties"), composition=composition, init_from=str(folder),
+                      num_atoms=NumAtomsConfig(hidden_dim=32, num_layers=2, max_atoms=40))  # fmt: skip
+    fresh_composition = {n: p.detach().clone() for n, p in grown.model.composition.named_parameters()}
+    grown.on_fit_start()  # no trainer: step 0
+    ema_source = source.ema.module.state_dict()
+    for name, value in grown.model.denoiser.state_dict().items():
+        assert torch.equal(value, ema_source[name]), name
+    assert all(torch.equal(grown.ema.module.state_dict()[n], v) for n, v in ema_source.items())
+    head_new, head_old = grown.model.num_atoms.mlp[-1], source.model.num_atoms.mlp[-1]
+    assert head_new.weight.shape[0] == 40 and head_old.weight.shape[0] == 32
+    assert torch.equal(head_new.weight[:32], head_old.weight) and torch.equal(head_new.bias[:32], head_old.bias)
+    assert all(torch.equal(p, fresh_composition[n]) for n, p in grown.model.composition.named_parameters())
+    report = copy_matching(grown.model, decoder_state(root / "warm.ckpt"))  # a checkpoint works as a source too
+    assert any(n.startswith("num_atoms.") for n in report.resized)
+    assert any(n.startswith("composition.") for n in report.fresh) and not report.unused
+    # training from it runs, and its checkpoint loads after the source folder is gone
+    trainer2 = _trainer(tmp_path, max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer2.fit(grown, datamodule=CrystalDataModule(root=str(mp40_tiny), batch_size=8))
+    trainer2.save_checkpoint(tmp_path / "grown.ckpt")
+    shutil.rmtree(folder)
+    reloaded = CrystalDiffusion.load_from_checkpoint(tmp_path / "grown.ckpt")
+    assert reloaded.hparams["init_from"] == str(folder)
+    assert torch.equal(reloaded.model.num_atoms.mlp[-1].weight, grown.model.num_atoms.mlp[-1].weight)
+
+
+def test_init_from_refuses_a_source_that_does_not_fit(tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        tiny_task(init_from=str(tmp_path / "missing")).on_fit_start()
+    from safetensors.torch import save_file
+
+    (tmp_path / "other").mkdir()
+    save_file({"something.else": torch.zeros(2)}, str(tmp_path / "other" / "model.safetensors"))
+    with pytest.raises(ValueError, match="no tensor matches"):
+        tiny_task(init_from=str(tmp_path / "other")).on_fit_start()
