@@ -6,7 +6,8 @@ Valid samples (structural + SMACT, mmcrystal.evaluation.validity defaults) are s
 *not* the decoder (a fine-tuned ``PropertyPredictor`` trained on data the decoder never saw), and we report the
 fraction of valid samples whose predicted value lies within ``--tolerance`` of the target, and their mean absolute
 deviation from it. ``--composition-first`` (decoders trained with the composition model) draws each sample's formula
-given the target first, then the structure with those types held (both arms). Writes ``<out>/summary.json`` and ``<out>/per_sample.csv``.
+given the target first, then the structure with those types held (both arms). Writes ``<out>/summary.json`` and
+``<out>/per_sample.csv``.
 
     python scripts/run_property_targeting.py --model <decoder>/pretrained --property-model <finetune run>/pretrained \
         --property band_gap --targets 0 2 4 --n 200 --tolerance 0.5 --steps 50 --out runs/gap_targeting

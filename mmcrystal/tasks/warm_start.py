@@ -17,7 +17,6 @@ listed, so nothing is dropped silently.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,6 @@ import torch
 from torch import nn
 
 __all__ = ["WarmStartReport", "copy_matching", "decoder_state"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
