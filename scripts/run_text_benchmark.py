@@ -5,7 +5,10 @@ by the decoder's atom-count head (Chemeleon asks the user for it), restricted to
 names (``--prompt-formula atoms``; ``elements`` / ``exact`` also restrict or hold the atom types, which is no longer
 the Chemeleon protocol: report them apart). ``--composition-first`` (decoders trained with the composition model)
 draws each sample's reduced formula from p(formula | caption) and then the structure with those types held; the
-caption is still the only input, so it stays within the protocol. Per caption we record the valid fraction
+caption is still the only input, so it stays within the protocol. ``--symmetry prompt --templates <prepared data>``
+(with ``--composition-first``) also holds each sample to the crystal system its caption names, through the space
+group and orbits of a training crystal with a fitting formula (`mmcrystal.generation.templates`): crystal-system
+match is then by construction (like composition with ``--prompt-formula exact``); report it apart. Per caption we record the valid fraction
 (structural + SMACT), the unique fraction among valid samples, whether any sample matches the ground truth
 (StructureMatcher, ltol 0.3 / stol 0.5 / angle 10 as in the CSP protocol), the composition-match fraction (reduced
 formula equal), crystal-system and lattice-system match fractions (spglib, symprec 0.1), and the "any sample"
@@ -167,8 +170,17 @@ def main() -> None:
     parser.add_argument("--split-atoms", type=int, default=None,
                         help="with --formulas-only: also report captions whose structure has <= / > this many atoms "
                              "(default: the decoder's max_atoms)")  # fmt: skip
+    parser.add_argument("--symmetry", default=None,
+                        help="hold samples to a space group through templates of training crystals: 'prompt' (the "
+                             "crystal system the caption names), a crystal system or a space group; needs "
+                             "--composition-first and --templates")  # fmt: skip
+    parser.add_argument("--templates", default=None,
+                        help="prepared data folder (mmcrystal prepare) whose train split gives the templates: the "
+                             "decoder's own training data, never the benchmark's test split")  # fmt: skip
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.symmetry is not None and args.templates is None:
+        parser.error("--symmetry needs --templates (a prepared data folder of training crystals)")
 
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
@@ -181,6 +193,10 @@ def main() -> None:
     generator = CrystalGenerator.from_pretrained(args.model)
     generator.sampler_settings = dict(args.sampler)
     generator.composition_settings.update(args.composition_sampling)
+    if args.templates is not None:
+        from mmcrystal.generation.templates import TemplateLibrary
+
+        generator.templates = TemplateLibrary.from_shards(args.templates, "train")
     if args.formulas_only:
         start = time.perf_counter()
         result = formulas_only(generator, frame, args.per_prompt, args.seed, out,
@@ -207,7 +223,7 @@ def main() -> None:
                 samples = generator.sample(
                     prompt=str(row.prompt), n=args.per_prompt, steps=args.steps, guidance=args.guidance,
                     seed=args.seed, batch_size=args.per_prompt, prompt_formula=args.prompt_formula,
-                    composition_first=args.composition_first,
+                    composition_first=args.composition_first, symmetry=args.symmetry,
                 )  # fmt: skip
             except ValueError as error:  # e.g. the prompt's formula unit exceeds the model's max_atoms
                 print(f"{row.material_id}: no samples ({error}); scored as a miss")
@@ -239,6 +255,7 @@ def main() -> None:
             "prompt_formula": args.prompt_formula,
             "composition_first": bool(args.composition_first),
             **({"composition_sampling": generator.composition_sampling()} if args.composition_first else {}),
+            **({"symmetry": args.symmetry, "templates": f"{args.templates} (train split)"} if args.symmetry else {}),
             # the decoder reads the caption's formula as element tokens (still only the caption as input)
             "text_formula_tokens": bool(generator.model.config.conditions.text_formula_tokens),
             "matcher": {"ltol": 0.3, "stol": 0.5, "angle_tol": 10},
@@ -250,6 +267,7 @@ def main() -> None:
         "mean_within_max_atoms": {c: round(float(within[c].mean()), 4) for c in metric_cols},
         "n_within_max_atoms": len(within),
         "n_prompts_without_samples": int(table["error"].notna().sum()) if "error" in table else 0,
+        **({"template_counts": dict(generator.template_counts)} if args.symmetry else {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))

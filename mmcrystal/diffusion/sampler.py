@@ -14,6 +14,11 @@ clean-type distribution p(x_0 | x_t) is renormalised over the allowed elements (
 whose reverse step only ever draws from that distribution; it is a constraint at sampling, not a learned condition). Sampling is deterministic given `seed`: every random draw
 comes from one `torch.Generator`, in a fixed order. An optional `callback(samples, batch_index)` is called after
 each finished batch so that callers can stream samples to disk.
+
+`templates` (one `SymmetryTemplate` or None per crystal, `mmcrystal.diffusion.symmetry`) hold crystals to a space
+group: the state is projected onto its template after the prior draw, after every corrector and predictor step and
+after the final denoise (coordinates onto the template's orbits, the cell metric onto the one its operations keep),
+with the atom types the caller holds at the template's species. The network sees only symmetric states.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from mmcrystal.config import register_config
 from mmcrystal.diffusion.condition import Condition
 from mmcrystal.diffusion.guidance import GuidanceConfig, guided_denoise
 from mmcrystal.diffusion.joint import JointDiffusion
+from mmcrystal.diffusion.processes.lattice import lattice_from_lengths_angles
 from mmcrystal.diffusion.processes.wrapped_normal import wrap01
 from mmcrystal.diffusion.state import NoisyCrystal
+from mmcrystal.diffusion.symmetry import SymmetryProjector, SymmetryTemplate
 
 __all__ = ["CrystalSampler", "SampleBatch", "SamplerConfig"]
 
@@ -154,6 +161,7 @@ class CrystalSampler:
         seed: int = 0,
         callback: Callable[[SampleBatch, int], None] | None = None,
         allowed_types: torch.Tensor | None = None,
+        templates: Sequence[SymmetryTemplate | None] | None = None,
     ) -> SampleBatch:
         """Sample one crystal per entry of `num_atoms`, in batches of `config.batch_size`.
 
@@ -181,6 +189,8 @@ class CrystalSampler:
         cond = None if cond is None else cond.to(device)
         if allowed_types is not None:
             allowed_types = self._allowed(allowed_types, int(num_atoms.numel()), device)
+        if templates is not None and len(templates) != num_atoms.numel():
+            raise ValueError(f"{len(templates)} templates for {num_atoms.numel()} crystals")
         was_training = self.denoiser.training
         self.denoiser.eval()
         parts = []
@@ -191,7 +201,8 @@ class CrystalSampler:
                 types = None if atomic_numbers is None else atomic_numbers[atom_start[lo] : atom_start[hi]].to(device)
                 chunk_cond = None if cond is None else cond.select(slice(lo, hi))
                 allowed = None if allowed_types is None else allowed_types[lo:hi]
-                samples = self.sample_batch(num_atoms[lo:hi], chunk_cond, types, generator, allowed)
+                chunk_templates = None if templates is None else templates[lo:hi]
+                samples = self.sample_batch(num_atoms[lo:hi], chunk_cond, types, generator, allowed, chunk_templates)
                 if callback is not None:
                     callback(samples, index)
                 parts.append(samples)
@@ -230,24 +241,41 @@ class CrystalSampler:
         atomic_numbers: torch.Tensor | None,
         generator: torch.Generator,
         allowed_types: torch.Tensor | None = None,
+        templates: Sequence[SymmetryTemplate | None] | None = None,
     ) -> SampleBatch:
-        """One reverse loop over a batch of crystals (see the module docstring); `allowed_types (B, C)` bool."""
+        """One reverse loop over a batch of crystals (see the module docstring); `allowed_types (B, C)` bool,
+        `templates` one per crystal or None."""
         cfg, diffusion = self.config, self.diffusion
-        noisy = diffusion.prior(num_atoms, generator, atomic_numbers)
+        projector = None
+        if templates is not None and any(t is not None for t in templates):
+            projector = SymmetryProjector(templates, num_atoms.cpu())
+        project = (lambda state: self.project(state, projector)) if projector is not None else (lambda state: state)
+        noisy = project(diffusion.prior(num_atoms, generator, atomic_numbers))
         allowed = allowed_types  # held types are carried over unchanged, the mask only acts on drawn ones
         times = self.time_grid().tolist()
         for t, s in zip(times[:-1], times[1:], strict=True):
             for _ in range(cfg.corrector_steps):
                 out, t_batch = self._predict(noisy, t, cond, allowed)
-                noisy = diffusion.correct(noisy, out, t_batch, cfg.step_lr, generator)
+                noisy = project(diffusion.correct(noisy, out, t_batch, cfg.step_lr, generator))
             out, t_batch = self._predict(noisy, t, cond, allowed)
             s_batch = torch.full_like(t_batch, s)
-            noisy = diffusion.step(noisy, out, t_batch, s_batch, generator, cfg.coord_eta, cfg.lattice_eta)
+            noisy = project(diffusion.step(noisy, out, t_batch, s_batch, generator, cfg.coord_eta, cfg.lattice_eta))
         out, t_batch = self._predict(noisy, times[-1], cond, allowed)
-        noisy = diffusion.finalize(noisy, out, t_batch, denoise=cfg.denoise_final)
+        noisy = project(diffusion.finalize(noisy, out, t_batch, denoise=cfg.denoise_final))
         return SampleBatch(
             lattice=noisy.lattice,
             frac_coords=wrap01(noisy.frac_coords),
             atomic_numbers=diffusion.types.to_atomic_numbers(noisy.types),
             num_atoms=num_atoms,
         )
+
+    def project(self, noisy: NoisyCrystal, projector: SymmetryProjector) -> NoisyCrystal:
+        """The state with every templated crystal's cell metric and orbits symmetrised (module docstring)."""
+        lengths, angles = projector.project_metric(noisy.lattice.cpu())
+        templated = projector.templated.to(noisy.lattice.device)
+        lattice = torch.where(templated.view(-1, 1, 1),
+                              lattice_from_lengths_angles(lengths, angles).to(noisy.lattice), noisy.lattice)  # fmt: skip
+        params = self.diffusion.lattice.params_from_matrix(lattice, noisy.num_atoms)
+        params = torch.where(templated.view(-1, 1), params.to(noisy.lattice_params), noisy.lattice_params)
+        frac = projector.project_coords(noisy.frac_coords.cpu(), lattice.cpu()).to(noisy.frac_coords)
+        return noisy.replace(frac_coords=frac, lattice=lattice, lattice_params=params)

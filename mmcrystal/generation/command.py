@@ -36,14 +36,19 @@ __all__ = ["sample", "write_samples"]
 log = logging.getLogger(__name__)
 
 
-def _metadata(writer: SampleWriter, k: int, structures: list, request: dict, conditions: dict) -> list[dict]:
+def _metadata(
+    writer: SampleWriter, k: int, structures: list, request: dict, conditions: dict, templates: Sequence = ()
+) -> list[dict]:
     seed, batch_size = request["seed"], request["batch_size"]
-    return [
+    rows = [
         dict(id=sid, index=k * batch_size + j, batch=k, prompt=conditions["prompt"], conditions=conditions, seed=seed,
              batch_seed=batch_seed(seed, k), steps=request["steps"], guidance=request["guidance"], num_atoms=len(s),
              formula=s.composition.reduced_formula, cif=f"cif/{sid}.cif", extxyz=f"extxyz/{writer.extxyz(k).name}")
         for j, (sid, s) in enumerate(zip(writer.ids[k], structures, strict=True))
     ]  # fmt: skip
+    for row, template in zip(rows, templates, strict=False):  # symmetry requests: which crystal's skeleton
+        row["template"] = template
+    return rows
 
 
 def write_samples(
@@ -73,7 +78,8 @@ def write_samples(
         callback: `callback(structures, batch_index)` after each batch is on disk.
         rank: This process's rank; default `rank_info()` (torchrun / SLURM variables).
         merge_wait: Seconds rank 0 waits for the other ranks' batches before merging what is there.
-        **request: prompt, properties, composition, xrd, spacegroup, elements, prompt_formula, composition_first.
+        **request: prompt, properties, composition, xrd, spacegroup, elements, prompt_formula, composition_first,
+            symmetry.
 
     Returns:
         The progress summary of OUT (rank 0 / one process) or of the rank's shard, plus "skipped_batches" (the
@@ -91,6 +97,8 @@ def write_samples(
         run["sampler"] = dict(generator.sampler_settings)
     if conditions.composition_first:
         run["composition_sampling"] = generator.composition_sampling()
+    if conditions.symmetry is not None and generator.templates is not None:
+        run["templates"] = generator.templates.source
     out = Path(out)
     if info.world_size == 1:
         if (out / SHARDS).exists():  # batches finished by an earlier multi-rank run of the same request
@@ -107,7 +115,8 @@ def write_samples(
     batches = generator.batches(n, batch_size, seed, steps, guidance, num_atoms, indices=todo, conditions=conditions)
     for k, batch in batches:
         structures = batch.to_structures()
-        writer.write(k, structures, _metadata(writer, k, structures, writer.request, record))
+        meta = _metadata(writer, k, structures, writer.request, record, generator.last_templates)
+        writer.write(k, structures, meta)
         log.info("sample: batch %d/%d (rank %d of %d) -> %s", k + 1, writer.num_batches, info.rank,
                  info.world_size, writer.out)  # fmt: skip
         if callback is not None:
@@ -139,6 +148,8 @@ def sample(
     prompt_formula: str = "atoms",
     composition_first: bool = False,
     composition_sampling: dict | None = None,
+    symmetry: int | str | None = None,
+    templates: str | None = None,
     num_atoms: int | list[int] | None = None,
     n: int = 64,
     steps: int = 1000,
@@ -179,6 +190,11 @@ def sample(
             the drawn formula is in samples.jsonl).
         composition_sampling: How formulas are drawn, e.g. '{"temperature": 0.5, "guidance": 2}' (defaults 1, 1:
             plain conditional sampling; temperature 0: the most likely formula); recorded with the samples.
+        symmetry: Hold each crystal to a space group (225, Fm-3m), a crystal system (cubic) or the crystal system
+            the prompt names (prompt), through the space group and orbits of a known crystal with a fitting formula
+            (needs composition_first or a held composition, and templates).
+        templates: Prepared data folder (`mmcrystal prepare`) whose train split gives the symmetry templates: the
+            decoder's own training data.
         num_atoms: Atoms per crystal (or one per crystal); default: predicted from the condition (or composition).
         n: Number of crystals.
         steps: Reverse-diffusion steps (below 100: the few-step sampler).
@@ -200,8 +216,14 @@ def sample(
     generator = CrystalGenerator.from_pretrained(model, device_for_rank(device, info))
     generator.sampler_settings = dict(sampler or {})
     generator.composition_settings.update(composition_sampling or {})
+    if templates is not None:
+        from mmcrystal.generation.templates import TemplateLibrary
+
+        generator.templates = TemplateLibrary.from_shards(templates, "train")
+    elif symmetry is not None:
+        raise ValueError("--symmetry needs --templates <prepared data folder> (the crystals templates come from)")
     return write_samples(generator, out, n=n, batch_size=batch_size, seed=seed, steps=steps, guidance=guidance,
                          num_atoms=num_atoms, model_id=model_fingerprint(model), rank=info, merge_wait=merge_wait,
                          prompt=prompt, properties=properties, composition=composition, xrd=xrd,
                          spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula,
-                         composition_first=composition_first)  # fmt: skip
+                         composition_first=composition_first, symmetry=symmetry)  # fmt: skip

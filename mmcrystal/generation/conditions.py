@@ -78,6 +78,9 @@ class SampleConditions:
             step (`CrystalSampler`), so it works with any de novo model, conditioned or not.
         composition_first: Draw each crystal's reduced formula from the model's composition model, then hold it
             (module docstring); `held` stays None (the formulas differ per crystal).
+        symmetry: Space-group numbers a crystal is held to through a symmetry template (`symmetry` request:
+            a space group, a crystal system, or "prompt" for the crystal system the caption names), or None.
+        symmetry_label: What was asked for ("tetragonal", "225"), for the record.
     """
 
     prompt: str | None = None
@@ -91,6 +94,8 @@ class SampleConditions:
     prompt_formula_use: str = "atoms"
     held: Any = None
     composition_first: bool = False
+    symmetry: frozenset[int] | None = None
+    symmetry_label: str | None = None
 
     def given(self) -> list[str]:
         """Names of the conditions this request fills ("composition" also for CSP models without that condition)."""
@@ -114,6 +119,8 @@ class SampleConditions:
             record["prompt_formula_use"] = self.prompt_formula_use
         if self.composition_first:
             record["composition_first"] = True
+        if self.symmetry_label is not None:
+            record["symmetry"] = self.symmetry_label
         return record
 
 
@@ -209,8 +216,14 @@ def resolve_conditions(
     elements: str | Sequence[str] | None = None,
     prompt_formula: str = "atoms",
     composition_first: bool = False,
+    symmetry: int | str | None = None,
 ) -> SampleConditions:
     """Validate a request against `model` (a `CrystalDiffusionModel`) and load what needs loading.
+
+    `symmetry` holds each crystal to a space group through a template of a known crystal (`CrystalGenerator.
+    templates`): a space group (225, "Fm-3m"), a crystal system ("tetragonal") or "prompt" (the crystal system the
+    caption names; none named: unconstrained). It needs the atom types before the loop: `composition_first`, a held
+    composition or `prompt_formula="exact"`.
 
     `elements` restricts the atom types to a chemical system ("Li-Fe-P-O"); a composition, or a formula the prompt
     names, must then lie inside it. `prompt_formula` says what a formula in the prompt does; `composition_first`
@@ -268,6 +281,20 @@ def resolve_conditions(
             raise ValueError("composition_first draws the formula itself: it excludes a CSP model, an explicit "
                              "composition and prompt_formula='exact'")  # fmt: skip
         out.composition_first = True
+    if symmetry is not None:
+        from mmcrystal.generation.templates import crystal_system_in_prompt, spacegroups_of
+
+        label = str(symmetry)
+        if label.strip().lower() == "prompt":
+            if not prompt:
+                raise ValueError("symmetry='prompt' reads the crystal system from the prompt: give a prompt")
+            named = crystal_system_in_prompt(prompt)
+            label = named if named is not None else None
+        if label is not None:
+            if not out.composition_first and out.held is None:
+                raise ValueError("symmetry holds atoms on a template's sites, so it needs the atom types first: "
+                                 "composition_first, a composition, or prompt_formula='exact'")  # fmt: skip
+            out.symmetry, out.symmetry_label = spacegroups_of(label), label
     return out
 
 

@@ -14,6 +14,8 @@ Atoms per crystal, first rule that applies:
      prose formula is reduced, while cells usually hold several formula units, and the head knows how many.
      With `composition_first`, each crystal's reduced formula is drawn first (`composition_seed(seed, i)`) from
      the composition model, and p(n) is restricted to multiples of that formula's size instead.
+  4. A `symmetry` request replaces the count by its template's (`templates.TemplateLibrary.choose`, drawn with
+     `template_seed(seed, i)`): the template crystal's standardised primitive cell fixes the atoms.
 Each crystal's count is drawn with its own seed `sample_seed(seed, i)` (i: the global sample index); the reverse
 loop of batch k (samples k B .. k B + B - 1) runs from `batch_seed(seed, k)`. So any batch can be regenerated alone,
 and a run split over ranks by whole batches gives the same crystals as one process. (Noise is drawn per batch, not
@@ -37,8 +39,17 @@ from mmcrystal.diffusion.conditioning import ConditionInputs
 from mmcrystal.diffusion.num_atoms import draw_num_atoms, restrict_to_multiples
 from mmcrystal.generation.conditions import SampleConditions, guidance_config, resolve_conditions
 from mmcrystal.generation.model import CrystalDiffusionModel
+from mmcrystal.generation.templates import TemplateLibrary, describe
 
-__all__ = ["CrystalGenerator", "batch_seed", "cell_atomic_numbers", "composition_seed", "formula_size", "sample_seed"]
+__all__ = [
+    "CrystalGenerator",
+    "batch_seed",
+    "cell_atomic_numbers",
+    "composition_seed",
+    "formula_size",
+    "sample_seed",
+    "template_seed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,11 @@ def batch_seed(seed: int, index: int) -> int:
 def composition_seed(seed: int, index: int) -> int:
     """The seed of the composition-first formula of global sample `index` of a run seeded `seed`."""
     return _derived_seed("mmcrystal-composition", seed, index)
+
+
+def template_seed(seed: int, index: int) -> int:
+    """The seed of the symmetry template of global sample `index` of a run seeded `seed`."""
+    return _derived_seed("mmcrystal-template", seed, index)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -116,6 +132,12 @@ class CrystalGenerator:
         self.sampler_settings: dict = {}
         # COMPOSITION_SAMPLING fields set over their defaults (`composition_sampling()`); recorded with the samples
         self.composition_settings: dict = {}
+        # known crystals whose symmetry a `symmetry` request holds samples to (`mmcrystal.generation.templates`)
+        self.templates: TemplateLibrary | None = None
+        # samples that asked for a symmetry: how many got a template, how many found none (sampled free)
+        self.template_counts = {"templated": 0, "no_template": 0}
+        # the templates of the last batch (`templates.describe`: source id, space group, atoms; None: free)
+        self.last_templates: list[dict | None] = []
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> CrystalGenerator:
@@ -295,16 +317,59 @@ class CrystalGenerator:
             return list(requests)
         return [r if f is None else replace(r, held=f) for r, f in zip(requests, formulas, strict=True)]
 
-    def _fixed_types(self, requests: Sequence[SampleConditions], counts: torch.Tensor) -> torch.Tensor | None:
-        """`(sum counts,)` atomic numbers held fixed in the reverse loop: each request's held composition
-        (`SampleConditions.held`) at its cell size, 0 (drawn) for the atoms of requests without one; None when no
-        request holds types."""
-        if all(r.held is None for r in requests):
+    def _fixed_types(
+        self, requests: Sequence[SampleConditions], counts: torch.Tensor, templates: Sequence | None = None
+    ) -> torch.Tensor | None:
+        """`(sum counts,)` atomic numbers held fixed in the reverse loop: a templated crystal's template species
+        (in template order), else each request's held composition (`SampleConditions.held`) at its cell size, 0
+        (drawn) for the atoms of requests without one; None when no request holds types."""
+        templates = templates or [None] * len(requests)
+        if all(r.held is None for r in requests) and all(t is None for t in templates):
             return None
         numbers = []
-        for r, c in zip(requests, counts.tolist(), strict=True):
-            numbers += [0] * c if r.held is None else cell_atomic_numbers(r.held, c)
+        for r, c, t in zip(requests, counts.tolist(), templates, strict=True):
+            if t is not None:
+                numbers += t.species.tolist()
+            else:
+                numbers += [0] * c if r.held is None else cell_atomic_numbers(r.held, c)
         return torch.tensor(numbers, dtype=torch.long)
+
+    def _templates(
+        self,
+        requests: Sequence[SampleConditions],
+        formulas: Sequence | None,
+        counts: torch.Tensor,
+        indices: Sequence[int],
+        seed: int,
+    ) -> tuple[list | None, torch.Tensor]:
+        """(one `SymmetryTemplate` or None per sample, atom counts with the templates' sizes) for requests with a
+        `symmetry`; `(None, counts)` when none asks. A sample whose formula fits no template is sampled free and
+        counted in `template_counts` (and logged)."""
+        self.last_templates = []
+        if all(r.symmetry is None for r in requests):
+            return None, counts
+        if self.templates is None:
+            raise ValueError("a symmetry request needs known crystals to take templates from: set "
+                             "generator.templates = TemplateLibrary.from_shards(<prepared data>, 'train')")  # fmt: skip
+        formulas = formulas or [None] * len(requests)
+        chosen, free = [], 0
+        for r, f, i in zip(requests, formulas, indices, strict=True):
+            formula = f if f is not None else r.held
+            t = None
+            if r.symmetry is not None and formula is not None:
+                t = self.templates.choose(r.symmetry, formula, template_seed(seed, i), self.model.max_atoms)
+                free += t is None
+            chosen.append(t)
+        self.last_templates = [describe(t) for t in chosen]
+        asked = sum(r.symmetry is not None for r in requests)
+        self.template_counts["templated"] += asked - free
+        self.template_counts["no_template"] += free
+        if free:
+            log.warning("%d of %d samples asking for %s symmetry found no template for their formula; sampled "
+                        "without symmetry", free, asked, requests[0].symmetry_label)  # fmt: skip
+        counts = torch.tensor([c if t is None else t.num_atoms for c, t in zip(counts.tolist(), chosen, strict=True)],
+                              dtype=torch.long)  # fmt: skip
+        return chosen, counts
 
     def sampler(
         self,
@@ -361,9 +426,10 @@ class CrystalGenerator:
             chosen = None if given is None else given[lo:hi]
             formulas = self.formulas([conditions] * (hi - lo), cond, range(lo, hi), seed)
             counts = self.atom_counts(conditions, cond, range(lo, hi), seed, chosen, formulas)
-            types = self._fixed_types(self._holding([conditions] * len(counts), formulas), counts)
+            templates, counts = self._templates([conditions] * len(counts), formulas, counts, range(lo, hi), seed)
+            types = self._fixed_types(self._holding([conditions] * len(counts), formulas), counts, templates)
             yield index, sampler.sample(counts, _repeat(cond, hi - lo), types, seed=batch_seed(seed, index),
-                                        allowed_types=allowed)  # fmt: skip
+                                        allowed_types=allowed, templates=templates)  # fmt: skip
 
     @torch.no_grad()
     def sample_requests(
@@ -411,13 +477,16 @@ class CrystalGenerator:
                                  None if drawn[j] is None else [drawn[j]])
                 for j, r in enumerate(chunk)
             ])  # fmt: skip
-            types = self._fixed_types(self._holding(chunk, drawn), counts)
+            templates, counts = self._templates(chunk, drawn, counts, range(lo, lo + len(chunk)), seed)
+            types = self._fixed_types(self._holding(chunk, drawn), counts, templates)
             masks = [self.allowed_types(r) for r in chunk]
             allowed = None
             if any(m is not None for m in masks):
                 every = torch.ones(self.model.diffusion.types.num_classes, dtype=torch.bool)
                 allowed = torch.stack([every if m is None else m for m in masks])
-            batch = sampler.sample(counts, cond, types, seed=batch_seed(seed, index), allowed_types=allowed)
+            batch = sampler.sample(
+                counts, cond, types, seed=batch_seed(seed, index), allowed_types=allowed, templates=templates
+            )
             structures = batch.to_structures()
             if callback is not None:
                 callback(structures, index)
@@ -441,6 +510,7 @@ class CrystalGenerator:
         elements: str | Sequence[str] | None = None,
         prompt_formula: str = "atoms",
         composition_first: bool = False,
+        symmetry: int | str | None = None,
     ) -> list:
         """Generate `n` crystals as pymatgen `Structure`s.
 
@@ -468,10 +538,13 @@ class CrystalGenerator:
             composition_first: Draw each crystal's reduced formula from the model's composition model given the
                 conditions (`composition_settings`: temperature, guidance), then denoise the structure with those
                 types held (models trained with `composition.enabled`).
+            symmetry: Hold each crystal to a space group (225, "Fm-3m"), a crystal system ("cubic") or the crystal
+                system the prompt names ("prompt") through a template from `self.templates`
+                (`mmcrystal.generation.templates`); needs `composition_first` or held types.
         """
         conditions = self.resolve(prompt=prompt, properties=properties, composition=composition, xrd=xrd,
                                   spacegroup=spacegroup, elements=elements, prompt_formula=prompt_formula,
-                                  composition_first=composition_first)  # fmt: skip
+                                  composition_first=composition_first, symmetry=symmetry)  # fmt: skip
         out = []
         for index, batch in self.batches(n, batch_size, seed, steps, guidance, num_atoms, conditions=conditions):
             structures = batch.to_structures()

@@ -252,3 +252,26 @@ def test_csp_diffusion_needs_every_atomic_number():
     diffusion = JointDiffusion(DiffusionConfig(types=AtomTypeConfig(fixed_composition=True)))
     with pytest.raises(ValueError, match="every atom"):
         diffusion.prior(torch.tensor([2]), atomic_numbers=torch.tensor([8, 0]))
+
+
+def test_templates_hold_crystals_to_their_space_group(tiny_sampler):
+    from pymatgen.core import Lattice, Structure
+
+    from mmcrystal.diffusion.symmetry import template_from_structure
+
+    rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"],
+                                       [[0, 0, 0], [0.305, 0.305, 0.0]])  # fmt: skip
+    template = template_from_structure(rutile)
+    numbers = torch.cat([torch.tensor([8, 8, 22]), torch.as_tensor(template.species)])
+    samples = tiny_sampler.sample([3, 6], atomic_numbers=numbers, seed=2, templates=[None, template])
+    lattice, frac = samples.lattice[1].double(), samples.frac_coords[3:].double()
+    gram = lattice @ lattice.T
+    assert torch.allclose(gram[0, 0], gram[1, 1], rtol=1e-5) and abs(float(gram[0, 1])) < 1e-4  # a = b, gamma 90
+    for rot, trans in zip(template.rotations, template.translations, strict=True):  # every operation maps atoms
+        images = frac @ torch.as_tensor(rot, dtype=torch.float64).T + torch.as_tensor(trans)  # onto atoms
+        d = images[:, None] - frac[None]
+        assert float((d - d.round()).abs().amax(-1).min(1).values.max()) < 1e-4
+    free = samples.lattice[0].double() @ samples.lattice[0].double().T
+    assert not torch.allclose(free[0, 0], free[1, 1], rtol=1e-3)  # the untemplated crystal stays free
+    with pytest.raises(ValueError, match="templates for"):
+        tiny_sampler.sample([3, 6], atomic_numbers=numbers, templates=[template])

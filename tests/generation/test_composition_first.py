@@ -113,3 +113,40 @@ def test_recorded_with_the_samples(taught, tmp_path):
     assert {r["formula"] for r in rows} == {"NaCl"}
     request = json.loads((tmp_path / "out" / "progress.json").read_text())["request"]
     assert request["composition_sampling"] == {"temperature": 0.0, "guidance": 1.0}
+
+
+def test_composition_first_with_symmetry_from_the_prompt(taught, tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from mmcrystal.evaluation.adherence import symmetry_info
+    from mmcrystal.generation.templates import TemplateLibrary
+
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    taught.templates = TemplateLibrary.from_structures([("rocksalt", salt)], source="test crystals")
+    taught.composition_settings = {"temperature": 0.0, "guidance": 1.0}
+    try:
+        write_samples(taught, tmp_path / "out", n=3, batch_size=2, steps=3, prompt="a cubic rock-salt halide",
+                      composition_first=True, symmetry="prompt")  # fmt: skip
+    finally:
+        taught.composition_settings = {"temperature": 1.0, "guidance": 1.0}
+        taught.templates = None
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert {r["formula"] for r in rows} == {"NaCl"} and {r["num_atoms"] for r in rows} == {2}
+    assert {r["conditions"]["symmetry"] for r in rows} == {"cubic"}
+    assert [r["template"] for r in rows] == [{"source": "rocksalt", "spacegroup": 225, "num_atoms": 2}] * 3
+    cells = [Structure.from_file(str(tmp_path / "out" / r["cif"])) for r in rows]
+    assert [symmetry_info(c, symprec=0.01) for c in cells] == [(225, "cubic")] * 3
+    request = json.loads((tmp_path / "out" / "progress.json").read_text())["request"]
+    assert request["templates"] == "test crystals" and request["symmetry"] == "cubic"
+
+
+def test_sample_command_takes_templates_from_prepared_data(text_decoder, mp40_tiny, tmp_path):
+    from mmcrystal.generation.command import sample
+
+    with pytest.raises(ValueError, match="--templates"):
+        sample(model=str(text_decoder), out=str(tmp_path / "a"), composition="NaCl", symmetry="cubic", n=1, steps=1)
+    sample(model=str(text_decoder), out=str(tmp_path / "b"), composition="NaCl", symmetry="cubic",
+                     templates=str(mp40_tiny), n=2, steps=2, batch_size=2)  # fmt: skip
+    request = json.loads((tmp_path / "b" / "progress.json").read_text())["request"]
+    assert request["templates"].endswith("(train)") and request["symmetry"] == "cubic"
+    assert len(list((tmp_path / "b" / "cif").glob("*.cif"))) == 2
