@@ -113,6 +113,18 @@ def formulas_only(generator, frame: pd.DataFrame, per_prompt: int, seed: int, ou
     }
 
 
+def template_skeleton(samples: list, templates: list | None, library, matcher) -> dict:
+    """With symmetry templates: the fraction of samples that took one, and the fraction that kept its training
+    crystal's skeleton (StructureMatcher ``fit_anonymous``: the same structure up to a relabelling of elements),
+    i.e. how much of the result is the template rather than the decoder."""
+    if templates is None or library is None:
+        return {}
+    kept = [t is not None and matcher.fit_anonymous(s, library.structure(t["source"]))
+            for s, t in zip(samples, templates, strict=True)]  # fmt: skip
+    n = max(len(samples), 1)
+    return {"templated": sum(t is not None for t in templates) / n, "template_skeleton": sum(kept) / n}
+
+
 def score_prompt(samples: list, target, crystal_system: str, matcher) -> dict:
     """Per-caption metrics of ``samples`` (pymatgen Structures) against the ground-truth ``target``."""
     from mmcrystal.evaluation.adherence import composition_match, symmetry_info
@@ -144,6 +156,20 @@ def score_prompt(samples: list, target, crystal_system: str, matcher) -> dict:
         "num_atoms_target": len(target),
         "num_atoms_mean": float(np.mean([len(s) for s in samples])) if samples else 0.0,
     }
+
+
+def _read_cif(path: Path):
+    """A written sample; pymatgen's CIF reader merges sites closer than 1e-4 (fractional) and then refuses the file,
+    so coinciding atoms (an invalid sample) are read back through ASE's tolerant reader."""
+    from pymatgen.core import Structure
+
+    try:
+        return Structure.from_file(str(path))
+    except ValueError:
+        from ase.io import read
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_structure(read(str(path)))
 
 
 def main() -> None:
@@ -215,8 +241,10 @@ def main() -> None:
             warnings.simplefilter("ignore")
             target = Structure.from_str(row.cif, fmt="cif")
         paths = [out / "generated" / f"{row.material_id}__{j}.cif" for j in range(args.per_prompt)]
+        template_file = out / "generated" / f"{row.material_id}__templates.json"
+        templates = json.loads(template_file.read_text()) if template_file.exists() else None
         if all(p.exists() for p in paths):  # written by an interrupted run with the same seed: reuse
-            samples = [Structure.from_file(str(p)) for p in paths]
+            samples = [_read_cif(p) for p in paths]
         else:
             start = time.perf_counter()
             try:
@@ -234,9 +262,13 @@ def main() -> None:
             sampling_s += time.perf_counter() - start
             for path, structure in zip(paths, samples, strict=True):
                 structure.to(filename=str(path))
+            if args.symmetry is not None:
+                templates = list(generator.last_templates)
+                template_file.write_text(json.dumps(templates))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scores = score_prompt(samples, target, str(row.crystal_system).lower(), matcher)
+            scores.update(template_skeleton(samples, templates, generator.templates, matcher))
         rows.append({"material_id": row.material_id, "prompt": row.prompt, **scores})
     table = pd.DataFrame(rows)
     table.to_csv(out / "per_prompt.csv", index=False)

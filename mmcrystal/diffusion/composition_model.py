@@ -20,6 +20,17 @@ formula distribution under the same classifier-free dropout as the denoiser). Tr
 cross-entropy next to the diffusion loss (`CrystalDiffusionModel.losses`); sampled with a grammar mask (element or
 EOS after BOS or a count, a count after an element; elements strictly increasing in Z; the formula no larger than
 `max_atoms`) and optional classifier-free guidance on the logits.
+
+Copying (`copy`, a pointer-generator: See, Liu & Manning 2017). A caption that names its formula ("Y4In20Ni11")
+asks the model to write tokens it may never have been trained to emit: MP-20 has few reduced formulas above 20
+atoms, so count tokens like 19 or 20 get little probability however clearly the caption states them. With `copy`,
+the condition's formula tokens (`Condition.formula`: the (Z, count) each stands for, masked with the condition, so
+classifier-free dropout removes them too) become a second output distribution: the decoder state attends over them
+(learned query and key projections), and the attention weights are placed on each token's element token (when the
+next token is an element) or on its count token (when it is a count; the caption's counts divided by their gcd, as
+the target is a reduced formula). A learned gate g(h) mixes p = (1 - g) softmax(logits) + g p_copy; the model
+outputs log p. Nothing is copied by rule: where to point, and whether to copy at all (a caption whose formula is
+not the structure's, or no formula), is trained with the same cross-entropy.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ class CompositionModelConfig:
         num_layers: Transformer decoder layers.
         num_heads: Attention heads.
         dropout: Dropout inside the transformer layers.
+        copy: Mix in a learned copy distribution over the condition's formula tokens (module docstring).
     """
 
     enabled: bool = False
@@ -68,6 +80,7 @@ class CompositionModelConfig:
     num_layers: int = 2
     num_heads: int = 4
     dropout: float = 0.0
+    copy: bool = False
 
 
 def reduce_formulas(counts: torch.Tensor) -> torch.Tensor:
@@ -103,6 +116,11 @@ class CompositionModel(nn.Module):
         self.layers = nn.TransformerDecoder(layer, cfg.num_layers)
         self.norm = nn.LayerNorm(d)
         self.output = nn.Linear(d, self.vocab)
+        if cfg.copy:
+            self.copy_query = nn.Linear(d, d)
+            self.copy_key = nn.Linear(d, d)
+            self.copy_gate = nn.Linear(d, 1)
+            self.copy_rank = nn.Embedding(cfg.max_elements + 1, d)  # k-th formula token (they come in order of Z)
 
     # ------------------------------------------------------------------------------------------- tokens
     def count_token(self, count: int) -> int:
@@ -158,7 +176,47 @@ class CompositionModel(nn.Module):
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=1)
         h = self.layers(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == PAD,
                         memory_key_padding_mask=memory_mask, tgt_is_causal=True)  # fmt: skip
-        return self.output(self.norm(h))
+        h = self.norm(h)
+        logits = self.output(h)
+        if not self.config.copy:
+            return logits
+        return self._copy(tokens, h, logits, cond)
+
+    def _copy_sources(self, cond: Condition | None, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Element and count tokens `(B, S, 2)` of the condition's present formula tokens, and their mask `(B, S)`."""
+        if cond is None or cond.formula is None:
+            return torch.zeros(batch_size, 1, 2, dtype=torch.long, device=device), torch.zeros(
+                batch_size, 1, dtype=torch.bool, device=device
+            )
+        cfg = self.config
+        z, count = cond.formula.to(device).unbind(-1)  # (B, T)
+        valid = cond.mask.to(device) & (z > 0) & (z <= cfg.num_elements) & (count > 0)
+        # the caption's counts over their gcd: a reduced formula, like the targets
+        divisor = torch.zeros_like(count[:, 0])
+        for column in count.masked_fill(~valid, 0).unbind(1):
+            divisor = torch.gcd(divisor, column)
+        reduced = (count // divisor.clamp(min=1).unsqueeze(1)).clamp(1, cfg.max_count)
+        ids = torch.stack([FIRST_ELEMENT + z.clamp(min=1) - 1, FIRST_ELEMENT + cfg.num_elements + reduced - 1], -1)
+        return ids * valid.unsqueeze(-1), valid
+
+    def _copy(self, tokens: torch.Tensor, h: torch.Tensor, logits: torch.Tensor, cond: Condition | None):
+        """log((1 - g) softmax(logits) + g p_copy) `(B, L, vocab)` (module docstring)."""
+        b, length = tokens.shape
+        ids, valid = self._copy_sources(cond, b, tokens.device)  # (B, S, 2), (B, S)
+        rank = (torch.cumsum(valid.long(), 1) - 1).clamp(0, self.config.max_elements)  # (B, S)
+        keys = self.token_embedding(ids[..., 0]) + self.token_embedding(ids[..., 1]) + self.copy_rank(rank)
+        keys = self.copy_key(keys)  # (B, S, d)
+        scores = torch.einsum("bld,bsd->bls", self.copy_query(h), keys) / keys.shape[-1] ** 0.5
+        attention = torch.softmax(scores.masked_fill(~valid.unsqueeze(1), float("-inf")), -1)
+        attention = torch.nan_to_num(attention, nan=0.0)  # rows without a source: nothing to copy
+        first_count = FIRST_ELEMENT + self.config.num_elements
+        next_is_count = (tokens >= FIRST_ELEMENT) & (tokens < first_count)  # (B, L) an element was just written
+        target = torch.where(next_is_count.unsqueeze(-1), ids[..., 1].unsqueeze(1), ids[..., 0].unsqueeze(1))
+        p_copy = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(2, target, attention.float())
+        has = valid.any(1).to(h.dtype).view(b, 1, 1)
+        gate = torch.sigmoid(self.copy_gate(h)).float() * has  # (B, L, 1)
+        p = (1 - gate) * torch.softmax(logits.float(), -1) + gate * p_copy
+        return torch.log(p.clamp(min=1e-12)).to(logits.dtype)
 
     def loss(self, reduced: torch.Tensor, cond: Condition | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean per-token cross-entropy (nats) of the reduced formulas `(B, num_elements)` given `cond`, and the
@@ -221,8 +279,7 @@ class CompositionModel(nn.Module):
         max_atoms = int(max_atoms or self.config.max_atoms)
         if cond is not None and cond.batch_size not in (1, n):
             raise ValueError(f"cond has {cond.batch_size} rows for {n} seeds (pass 1 or {n})")
-        cond_n = None if cond is None else Condition(cond.tokens.expand(n, -1, -1), cond.mask.expand(n, -1),
-                                                     cond.groups, cond.names)  # fmt: skip
+        cond_n = cond if cond is None or cond.batch_size == n else cond.expand(n)
         if allowed_z is not None:
             allowed_z = allowed_z.to(torch.bool).cpu().reshape(-1, allowed_z.shape[-1]).expand(n, -1)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]

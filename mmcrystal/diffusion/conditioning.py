@@ -29,7 +29,15 @@ from mmcrystal.config import register_config
 from mmcrystal.diffusion.condition import Condition
 from mmcrystal.formulas import formula_counts
 
-__all__ = ["CONDITIONS", "ConditionConfig", "ConditionEncoder", "ConditionInputs", "ScalarEmbedding", "element_tokens"]
+__all__ = [
+    "CONDITIONS",
+    "ConditionConfig",
+    "ConditionEncoder",
+    "ConditionInputs",
+    "ScalarEmbedding",
+    "element_order",
+    "element_tokens",
+]
 
 CONDITIONS = ("text", "properties", "xrd", "composition", "spacegroup")
 NUM_SPACEGROUPS = 230
@@ -170,6 +178,16 @@ class ScalarEmbedding(nn.Module):
         return self.mlp(torch.cat([x.unsqueeze(-1), torch.sin(angles), torch.cos(angles)], dim=-1))
 
 
+def element_order(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Atom counts `(B, Z + 1)` -> the present elements `(B, E)` long (Z, in increasing order, padded), their mask
+    `(B, E)` and counts `(B, E)` float: the token order of `element_tokens`."""
+    counts = counts.float()
+    present = counts > 0  # (B, Z + 1)
+    width = max(int(present.sum(1).max()), 1) if counts.shape[0] else 1
+    order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]  # (B, E)
+    return order, torch.gather(present, 1, order), torch.gather(counts, 1, order)
+
+
 def element_tokens(
     counts: torch.Tensor,
     element_embedding: nn.Embedding,
@@ -180,12 +198,7 @@ def element_tokens(
     element embedding + embedding of its atom fraction (+ `count_embedding` of its whole count, clamped to the
     table's last row); present elements first in order of Z, padded to the largest number of elements E in the batch
     (at least 1 token, masked where a row has no element)."""
-    counts = counts.float()
-    present = counts > 0  # (B, Z + 1)
-    width = max(int(present.sum(1).max()), 1) if counts.shape[0] else 1
-    order = torch.argsort(present.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]  # (B, E)
-    mask = torch.gather(present, 1, order)
-    chosen = torch.gather(counts, 1, order)  # (B, E) atoms of each token's element
+    order, mask, chosen = element_order(counts)
     tokens = element_embedding(order) + fraction_embedding(chosen / counts.sum(1, keepdim=True).clamp(min=1.0))
     if count_embedding is not None:
         whole = chosen.round().long().clamp(0, count_embedding.num_embeddings - 1)  # 0 only on padding tokens
@@ -299,7 +312,10 @@ class ConditionEncoder(nn.Module):
         counts = self._caption_formulas(inputs, mask.any(dim=1))  # (B, Z + 1)
         formula, formula_mask = element_tokens(counts, self.formula_element_embedding, self.formula_fraction_embedding,
                                                getattr(self, "formula_count_embedding", None))  # fmt: skip
-        return torch.cat([tokens, formula.to(tokens.dtype)], dim=1), torch.cat([mask, formula_mask], dim=1)
+        order, _, whole = element_order(counts)  # what each formula token stands for, for copy mechanisms
+        ids = torch.stack([order, whole.round().long()], dim=-1) * formula_mask.unsqueeze(-1)  # (B, E, 2)
+        ids = torch.cat([torch.zeros(*mask.shape, 2, dtype=torch.long, device=ids.device), ids], dim=1)
+        return (torch.cat([tokens, formula.to(tokens.dtype)], dim=1), torch.cat([mask, formula_mask], dim=1), ids)
 
     def _caption_formulas(self, inputs: ConditionInputs, present: torch.Tensor) -> torch.Tensor:
         """Atom counts `(B, Z + 1)` of the first formula each present caption names (zeros where none)."""
@@ -380,6 +396,6 @@ class ConditionEncoder(nn.Module):
         device = self._device()
         parts = {}
         for name in self.names:
-            tokens, mask = encode[name](inputs)
-            parts[name] = (tokens.to(device), mask.to(device))
+            tokens, mask, *ids = encode[name](inputs)  # text with formula tokens adds their (Z, count) ids
+            parts[name] = (tokens.to(device), mask.to(device), *[i.to(device) for i in ids])
         return Condition.from_parts(parts)

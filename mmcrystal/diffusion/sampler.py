@@ -19,6 +19,11 @@ each finished batch so that callers can stream samples to disk.
 group: the state is projected onto its template after the prior draw, after every corrector and predictor step and
 after the final denoise (coordinates onto the template's orbits, the cell metric onto the one its operations keep),
 with the atom types the caller holds at the template's species. The network sees only symmetric states.
+`SamplerConfig.template_start` t0 < 1 starts a templated crystal from its template crystal's own sites and cell noised
+to time t0 (SDEdit-style, Meng et al. 2022; template-based CSP relaxes a known skeleton the same way) instead of
+from noise: the crystal waits, unchanged, until the loop's time reaches t0, then follows the loop. Why: a denoiser
+trained without symmetry, started from projected noise, lets atoms confined to the same low-dimensional sites meet
+(identical neighbours get identical updates from a permutation-equivariant network, so they never part again).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class SamplerConfig:
         batch_size: Crystals per reverse loop; `callback` is called after each such batch.
         denoise_final: Tweedie-denoise the coordinates after the last step (removes the sigma_min noise).
         guidance: Classifier-free guidance (ignored when sampling without a condition).
+        template_start: Time t0 in (0, 1] at which templated crystals start, from their template crystal noised to
+            t0 (module docstring); 1 starts them from noise like every other crystal.
     """
 
     num_steps: int = 1000
@@ -66,6 +73,7 @@ class SamplerConfig:
     batch_size: int = 256
     denoise_final: bool = True
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    template_start: float = 1.0
 
     @classmethod
     def few_step(cls, num_steps: int = 50, **overrides) -> SamplerConfig:
@@ -251,15 +259,22 @@ class CrystalSampler:
             projector = SymmetryProjector(templates, num_atoms.cpu())
         project = (lambda state: self.project(state, projector)) if projector is not None else (lambda state: state)
         noisy = project(diffusion.prior(num_atoms, generator, atomic_numbers))
+        start = None
+        if projector is not None and cfg.template_start < 1.0:
+            noisy, start = self._template_start(noisy, templates, generator)
+            noisy = project(noisy)
         allowed = allowed_types  # held types are carried over unchanged, the mask only acts on drawn ones
         times = self.time_grid().tolist()
         for t, s in zip(times[:-1], times[1:], strict=True):
+            before = noisy
             for _ in range(cfg.corrector_steps):
                 out, t_batch = self._predict(noisy, t, cond, allowed)
                 noisy = project(diffusion.correct(noisy, out, t_batch, cfg.step_lr, generator))
             out, t_batch = self._predict(noisy, t, cond, allowed)
             s_batch = torch.full_like(t_batch, s)
             noisy = project(diffusion.step(noisy, out, t_batch, s_batch, generator, cfg.coord_eta, cfg.lattice_eta))
+            if start is not None:  # crystals whose start time is not reached yet stay as they were
+                noisy = _keep_waiting(noisy, before, start < t - 1e-9)
         out, t_batch = self._predict(noisy, times[-1], cond, allowed)
         noisy = project(diffusion.finalize(noisy, out, t_batch, denoise=cfg.denoise_final))
         return SampleBatch(
@@ -268,6 +283,32 @@ class CrystalSampler:
             atomic_numbers=diffusion.types.to_atomic_numbers(noisy.types),
             num_atoms=num_atoms,
         )
+
+    def _template_start(
+        self, noisy: NoisyCrystal, templates: Sequence[SymmetryTemplate | None], generator: torch.Generator
+    ) -> tuple[NoisyCrystal, torch.Tensor]:
+        """Templated crystals replaced by their template crystal (sites and cell) noised to `template_start`, and
+        the `(B,)` start time of every crystal (1 for the others)."""
+        t0 = float(self.config.template_start)
+        if not 0.0 < t0 <= 1.0:
+            raise ValueError(f"template_start must lie in (0, 1], got {t0}")
+        device, dtype = noisy.frac_coords.device, noisy.frac_coords.dtype
+        chosen = [b for b, t in enumerate(templates) if t is not None]
+        start = torch.ones(noisy.num_crystals, device=device)
+        start[chosen] = t0
+        offsets = exclusive_cumsum(noisy.num_atoms).tolist()
+        atoms = torch.cat([torch.arange(offsets[b], offsets[b] + templates[b].num_atoms) for b in chosen]).to(device)
+        x0 = torch.cat([torch.as_tensor(templates[b].frac_coords, dtype=dtype) for b in chosen]).to(device)
+        frac, _ = self.diffusion.coords.corrupt(x0, torch.full((len(x0),), t0, device=device), generator)
+        cells = torch.stack([torch.as_tensor(templates[b].lattice, dtype=dtype) for b in chosen]).to(device)
+        index = torch.tensor(chosen, device=device)
+        p0 = self.diffusion.lattice.params_from_matrix(cells, noisy.num_atoms[index])
+        params, _ = self.diffusion.lattice.corrupt(p0, torch.full((len(chosen),), t0, device=device), generator)
+        all_frac, all_params = noisy.frac_coords.clone(), noisy.lattice_params.clone()
+        all_frac[atoms] = frac.to(dtype)
+        all_params[index] = params.to(all_params.dtype)
+        lattice = self.diffusion.lattice.matrix_from_params(all_params, noisy.num_atoms)
+        return noisy.replace(frac_coords=all_frac, lattice_params=all_params, lattice=lattice), start
 
     def project(self, noisy: NoisyCrystal, projector: SymmetryProjector) -> NoisyCrystal:
         """The state with every templated crystal's cell metric and orbits symmetrised (module docstring)."""
@@ -279,3 +320,14 @@ class CrystalSampler:
         params = torch.where(templated.view(-1, 1), params.to(noisy.lattice_params), noisy.lattice_params)
         frac = projector.project_coords(noisy.frac_coords.cpu(), lattice.cpu()).to(noisy.frac_coords)
         return noisy.replace(frac_coords=frac, lattice=lattice, lattice_params=params)
+
+
+def _keep_waiting(new: NoisyCrystal, old: NoisyCrystal, waiting: torch.Tensor) -> NoisyCrystal:
+    """`new`, except that crystals with `waiting (B,)` True keep their `old` state."""
+    atoms = waiting[new.batch]
+    return new.replace(
+        frac_coords=torch.where(atoms.unsqueeze(-1), old.frac_coords, new.frac_coords),
+        lattice_params=torch.where(waiting.unsqueeze(-1), old.lattice_params, new.lattice_params),
+        lattice=torch.where(waiting.view(-1, 1, 1), old.lattice, new.lattice),
+        types=torch.where(atoms, old.types, new.types),
+    )

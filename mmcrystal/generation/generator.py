@@ -102,7 +102,7 @@ def cell_atomic_numbers(comp, num_atoms: int) -> list[int]:
 def _repeat(cond: Condition | None, size: int) -> Condition | None:
     if cond is None:
         return None
-    return Condition(cond.tokens.expand(size, -1, -1), cond.mask.expand(size, -1), cond.groups, cond.names)
+    return cond.expand(size) if cond.batch_size == 1 else cond
 
 
 def _as_field_type(config: SamplerConfig, name: str, value):

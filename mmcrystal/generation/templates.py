@@ -114,6 +114,14 @@ class TemplateLibrary:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def structure(self, source: str):
+        """The stored crystal (pymatgen `Structure`) a template came from (`SymmetryTemplate.source`)."""
+        if not hasattr(self, "_by_id"):
+            self._by_id = {entry.id: entry for entry in self.entries}
+        if source not in self._by_id:
+            raise KeyError(f"no crystal {source!r} in the template library ({self.source})")
+        return self._by_id[source].structure
+
     @classmethod
     def from_structures(
         cls, structures: Iterable[tuple[str, object]], symprec: float = 0.1, source: str = "structures"

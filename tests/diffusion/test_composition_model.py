@@ -111,3 +111,60 @@ def test_learns_each_conditions_formula():
     assert model.sample(cond, [0, 1, 2], temperature=0.0) == FORMULAS  # one condition row per seed, one loop
     with pytest.raises(ValueError, match="rows"):
         model.sample(cond, [0, 1])
+
+
+def _caption_cond(formulas: list[dict[int, int]], present: bool = True) -> Condition:
+    """Conditions whose only tokens stand for the elements of `formulas` (as a caption's formula tokens do), with
+    uninformative features: what the model learns from them can only come through `Condition.formula`."""
+    width = max(len(f) for f in formulas)
+    ids = torch.zeros(len(formulas), width, 2, dtype=torch.long)
+    mask = torch.zeros(len(formulas), width, dtype=torch.bool)
+    for i, formula in enumerate(formulas):
+        for j, (z, count) in enumerate(sorted(formula.items())):
+            ids[i, j] = torch.tensor([z, count])
+            mask[i, j] = present
+    return Condition(torch.zeros(len(formulas), width, 8), mask, torch.zeros(width, dtype=torch.long), ("text",), ids)
+
+
+def _random_formulas(n: int, seed: int, max_count: int) -> list[dict[int, int]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        zs = torch.randperm(40, generator=g)[:k] + 1
+        counts = torch.randint(1, max_count + 1, (k,), generator=g)
+        out.append({int(z): int(c) for z, c in zip(zs, counts, strict=True)})
+    return out
+
+
+def _fit(model: CompositionModel, steps: int = 300) -> CompositionModel:
+    optimizer = torch.optim.Adam(model.train().parameters(), lr=3e-3)
+    for step in range(steps):
+        formulas = _random_formulas(64, step, max_count=3)
+        counts = torch.zeros(64, 100, dtype=torch.long)
+        for i, formula in enumerate(formulas):
+            for z, c in formula.items():
+                counts[i, z - 1] = c
+        loss, _ = model.loss(reduce_formulas(counts), _caption_cond(formulas))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_copy_writes_counts_it_was_never_trained_to_emit():
+    # trained on captions whose formulas have counts 1-3 (and are the targets), then asked for counts 7 and 11:
+    # the pointer copies them; the plain model, whose count tokens 7 and 11 were never a target, cannot
+    copying, plain = _fit(_model(copy=True)), _fit(_model(copy=False))
+    unseen = [{5: 7, 17: 2}, {3: 11, 8: 1, 30: 3}, {12: 1, 20: 1}]
+    cond = _caption_cond(unseen)
+    assert copying.sample(cond, [0, 1, 2], temperature=0.0) == [{5: 7, 17: 2}, {3: 11, 8: 1, 30: 3}, {12: 1, 20: 1}]
+    guessed = plain.sample(cond, [0, 1, 2], temperature=0.0)
+    assert guessed[0] != unseen[0] and guessed[1] != unseen[1]
+    # a dropped caption (classifier-free dropout) leaves nothing to copy: the output is the generator's alone
+    dropped = _caption_cond(unseen, present=False)
+    tokens = torch.tensor([[1, 3 + 4, 3 + 100 + 6]])
+    without = Condition(dropped.tokens, dropped.mask, dropped.groups, dropped.names)
+    torch.testing.assert_close(copying(tokens.expand(3, -1), dropped), copying(tokens.expand(3, -1), without))
+    log_p = copying(tokens.expand(3, -1), cond)
+    torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(3, 3))  # a normalised distribution

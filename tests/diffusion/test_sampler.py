@@ -275,3 +275,34 @@ def test_templates_hold_crystals_to_their_space_group(tiny_sampler):
     assert not torch.allclose(free[0, 0], free[1, 1], rtol=1e-3)  # the untemplated crystal stays free
     with pytest.raises(ValueError, match="templates for"):
         tiny_sampler.sample([3, 6], atomic_numbers=numbers, templates=[template])
+
+
+def test_template_start_begins_from_the_template_crystal():
+    from dataclasses import replace as dc_replace
+
+    from pymatgen.core import Lattice, Structure
+
+    from mmcrystal.diffusion.symmetry import template_from_structure
+
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(hidden_dim=16, num_layers=1, num_freqs=2, time_dim=8, cond_dim=4, num_heads=2)
+    rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"],
+                                       [[0, 0, 0], [0.305, 0.305, 0.0]])  # fmt: skip
+    template = template_from_structure(rutile)
+    numbers = torch.cat([torch.tensor([8, 8, 22]), torch.as_tensor(template.species)])
+    base = SamplerConfig.few_step(num_steps=20, batch_size=4)
+    sampler = CrystalSampler(CrystalDenoiser(cfg), JointDiffusion(), dc_replace(base, template_start=0.02))
+    late = sampler.sample([3, 6], atomic_numbers=numbers, seed=3, templates=[None, template])
+    # started at t = 0.02 from rutile itself: one or two small steps of an untrained network leave it near rutile
+    moved = (late.frac_coords[3:].double() - torch.as_tensor(template.frac_coords) + 0.5) % 1.0 - 0.5
+    assert float(moved.abs().max()) < 0.05
+    lengths = late.lattice[1].double().norm(dim=-1)
+    assert torch.allclose(lengths, torch.as_tensor(template.lattice).norm(dim=-1), rtol=0.15)
+    early = CrystalSampler(sampler.denoiser, sampler.diffusion, base).sample(
+        [3, 6], atomic_numbers=numbers, seed=3, templates=[None, template]
+    )
+    assert not torch.allclose(early.frac_coords[3:], late.frac_coords[3:], atol=0.05)  # from noise: elsewhere
+    with pytest.raises(ValueError, match="template_start"):
+        CrystalSampler(sampler.denoiser, sampler.diffusion, dc_replace(base, template_start=0.0)).sample(
+            [6], atomic_numbers=torch.as_tensor(template.species), templates=[template]
+        )
