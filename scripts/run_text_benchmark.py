@@ -222,7 +222,9 @@ def main() -> None:
     if args.templates is not None:
         from mmcrystal.generation.templates import TemplateLibrary
 
-        generator.templates = TemplateLibrary.from_shards(args.templates, "train")
+        # every material of the prompts file (not only the captions run) is left out: never the answer as template
+        test_ids = pd.read_csv(args.prompts, usecols=["material_id"]).material_id.astype(str)
+        generator.templates = TemplateLibrary.from_shards(args.templates, "train", exclude=test_ids)
     if args.formulas_only:
         start = time.perf_counter()
         result = formulas_only(generator, frame, args.per_prompt, args.seed, out,
@@ -262,8 +264,8 @@ def main() -> None:
             sampling_s += time.perf_counter() - start
             for path, structure in zip(paths, samples, strict=True):
                 structure.to(filename=str(path))
-            if args.symmetry is not None:
-                templates = list(generator.last_templates)
+            if args.symmetry is not None:  # no template list: the caption names no crystal system
+                templates = list(generator.last_templates) or [None] * len(samples)
                 template_file.write_text(json.dumps(templates))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -287,7 +289,7 @@ def main() -> None:
             "prompt_formula": args.prompt_formula,
             "composition_first": bool(args.composition_first),
             **({"composition_sampling": generator.composition_sampling()} if args.composition_first else {}),
-            **({"symmetry": args.symmetry, "templates": f"{args.templates} (train split)"} if args.symmetry else {}),
+            **({"symmetry": args.symmetry, "templates": generator.templates.source} if args.symmetry else {}),
             # the decoder reads the caption's formula as element tokens (still only the caption as input)
             "text_formula_tokens": bool(generator.model.config.conditions.text_formula_tokens),
             "matcher": {"ltol": 0.3, "stol": 0.5, "angle_tol": 10},

@@ -46,6 +46,8 @@ class PrepareConfig:
         validation: Checks every record must pass.
         symprec: spglib tolerance (Å) for the space group and crystal system stored with every record.
         modality_config: Settings of the derived modalities (XRD grid, micrograph size, captions per record).
+        exclude: Files listing ids to leave out of every split (a benchmark's test ids; CSV with a `material_id`
+            or `id` column, or text with one id per line): each such record is rejected as `excluded_id`.
     """
 
     samples_per_shard: int = 1000
@@ -55,6 +57,23 @@ class PrepareConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     symprec: float = 0.1
     modality_config: ModalityConfig = field(default_factory=ModalityConfig)
+    exclude: list[str] = field(default_factory=list)
+
+
+def read_id_list(path: str | Path) -> set[str]:
+    """Ids from a CSV with a `material_id` (or `id`) column, or from text with one id per line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"exclude list {path} does not exist")
+    if path.suffix in (".csv", ".gz") or path.name.endswith(".csv.gz"):
+        import pandas as pd
+
+        frame = pd.read_csv(path, nrows=0)
+        column = next((c for c in ("material_id", "id") if c in frame.columns), None)
+        if column is None:
+            raise ValueError(f"exclude list {path} has no material_id or id column (has {list(frame.columns)[:8]})")
+        return set(pd.read_csv(path, usecols=[column])[column].astype(str))
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
 
 
 def parse_input(text: str) -> SourceSpec:
@@ -127,12 +146,21 @@ def _plan(sources: list[SourceSpec], cfg: PrepareConfig, config_digest: str):
     seen: dict[str, str] = {}
     duplicates: list[Rejection] = []
     by_split: dict[str, list[RawRecord]] = {}
+    excluded: dict[str, str] = {}
+    for listing in cfg.exclude:
+        for ident in read_id_list(listing):
+            excluded.setdefault(ident, str(listing))
     for spec in sources:
         split = spec.resolved_split()
         bucket = by_split.setdefault(split, [])
         for raw in read_source(spec):
             if cfg.limit is not None and len(bucket) >= cfg.limit:
                 break
+            if raw.id and str(raw.id) in excluded:
+                duplicates.append(
+                    Rejection(raw.id, raw.location, "excluded_id", f"listed in {excluded[str(raw.id)]}", split)
+                )
+                continue
             if raw.id and raw.id in seen and raw.error is None:
                 duplicates.append(
                     Rejection(raw.id, raw.location, "duplicate_id", f"first seen at {seen[raw.id]}", split)
@@ -346,6 +374,7 @@ def prepare(
     limit: int | None = None,
     validation: ValidationConfig | None = None,
     modality_config: ModalityConfig | None = None,
+    exclude: list[str] | None = None,
     progress: bool = True,
 ) -> dict:
     """Validate crystal records, derive modalities and write tar shards plus ``manifest.json`` and ``rejects.jsonl``.
@@ -364,6 +393,8 @@ def prepare(
         limit: Read at most this many records per split.
         validation: Validation thresholds (``--validation.max_atoms 20`` ...).
         modality_config: Settings of derived modalities (``--modality_config.xrd.n_bins 2048`` ...).
+        exclude: Files of ids to leave out of every split, e.g. a benchmark's test file (``--exclude+
+            ../shared/data/mp_40_text/test.csv``): rejected as ``excluded_id``, counted and listed.
         progress: Show a progress bar.
 
     Returns:
@@ -377,6 +408,7 @@ def prepare(
     cfg = PrepareConfig(samples_per_shard, workers, list(modalities or []), limit, validation or ValidationConfig())
     if modality_config is not None:
         cfg.modality_config = modality_config
+    cfg.exclude = [str(p) for p in exclude or []]
     return prepare_sources(sources, out, cfg, progress=progress)
 
 

@@ -21,6 +21,7 @@ __all__ = ["ValidationConfig", "REASONS", "validate_record", "parse_structure"]
 REASONS: dict[str, str] = {
     "missing_id": "the record has no id",
     "duplicate_id": "another record of the same source set already used this id",
+    "excluded_id": "the id is on an exclude list (PrepareConfig.exclude: a benchmark's held-out test ids)",
     "malformed_record": "the reader could not decode the record (bad JSON line, wrong field types)",
     "unparsable_structure": "the CIF / structure payload could not be parsed",
     "unknown_element": "a site holds a symbol that is not a chemical element (dummy species, typo)",

@@ -121,6 +121,9 @@ class CompositionModel(nn.Module):
             self.copy_key = nn.Linear(d, d)
             self.copy_gate = nn.Linear(d, 1)
             self.copy_rank = nn.Embedding(cfg.max_elements + 1, d)  # k-th formula token (they come in order of Z)
+            # learned weights of three pointer features (module docstring): entry is the element just written,
+            # entry's element is still to come (above the last written in Z), entry is the next one to come
+            self.copy_feature_weights = nn.Parameter(torch.zeros(3))
 
     # ------------------------------------------------------------------------------------------- tokens
     def count_token(self, count: int) -> int:
@@ -207,10 +210,19 @@ class CompositionModel(nn.Module):
         keys = self.token_embedding(ids[..., 0]) + self.token_embedding(ids[..., 1]) + self.copy_rank(rank)
         keys = self.copy_key(keys)  # (B, S, d)
         scores = torch.einsum("bld,bsd->bls", self.copy_query(h), keys) / keys.shape[-1] ** 0.5
-        attention = torch.softmax(scores.masked_fill(~valid.unsqueeze(1), float("-inf")), -1)
-        attention = torch.nan_to_num(attention, nan=0.0)  # rows without a source: nothing to copy
         first_count = FIRST_ELEMENT + self.config.num_elements
         next_is_count = (tokens >= FIRST_ELEMENT) & (tokens < first_count)  # (B, L) an element was just written
+        # the last element written so far at each position (0 before the first): formulas go in order of Z
+        last = torch.cummax(torch.where(next_is_count, tokens, torch.zeros_like(tokens)), dim=1).values
+        element = ids[..., 0].unsqueeze(1)  # (B, 1, S)
+        just_written = (element == tokens.unsqueeze(-1)) & next_is_count.unsqueeze(-1)
+        to_come = (element > last.unsqueeze(-1)) & valid.unsqueeze(1)  # (B, L, S)
+        upcoming = torch.where(to_come, element, torch.full_like(element, 1 << 30))
+        next_one = to_come & (element == upcoming.min(-1, keepdim=True).values)
+        features = torch.stack([just_written, to_come, next_one], -1).to(scores.dtype)  # (B, L, S, 3)
+        scores = scores + features @ self.copy_feature_weights.to(scores.dtype)
+        attention = torch.softmax(scores.masked_fill(~valid.unsqueeze(1), float("-inf")), -1)
+        attention = torch.nan_to_num(attention, nan=0.0)  # rows without a source: nothing to copy
         target = torch.where(next_is_count.unsqueeze(-1), ids[..., 1].unsqueeze(1), ids[..., 0].unsqueeze(1))
         p_copy = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(2, target, attention.float())
         has = valid.any(1).to(h.dtype).view(b, 1, 1)

@@ -139,9 +139,12 @@ class TemplateLibrary:
         return cls(entries, symprec, source)
 
     @classmethod
-    def from_shards(cls, root: str | Path, split: str = "train", symprec: float | None = None) -> TemplateLibrary:
-        """From a prepared data folder (`mmcrystal prepare`): every record of `split`, with the space group that
-        prepare recorded (its symprec unless `symprec` is given)."""
+    def from_shards(
+        cls, root: str | Path, split: str = "train", symprec: float | None = None, exclude: Iterable[str] = ()
+    ) -> TemplateLibrary:
+        """From a prepared data folder (`mmcrystal prepare`): every record of `split` whose id is not in `exclude`
+        (a benchmark's test ids: never take the answer as a template), with the space group that prepare recorded
+        (its symprec unless `symprec` is given)."""
         import json
 
         from pymatgen.core import Lattice, Structure
@@ -153,10 +156,14 @@ class TemplateLibrary:
         if split not in manifest.get("splits", {}):
             raise ValueError(f"{root}: no {split!r} split (has {sorted(manifest.get('splits', {}))})")
         prepared = float(manifest.get("config", {}).get("symprec", 0.1))
-        entries, unknown = [], 0
+        excluded = {str(i) for i in exclude}
+        entries, unknown, left_out = [], 0, 0
         for shard in manifest["splits"][split]["shards"]:
             for _, files in iter_shard(str(root / shard["file"])):
                 sample = decode_sample(files, ("z", "frac", "lattice"))
+                if str(sample["meta"]["id"]) in excluded:
+                    left_out += 1
+                    continue
                 number = int(sample["meta"].get("symmetry", {}).get("spacegroup", 0))
                 if number < 1:
                     unknown += 1
@@ -165,9 +172,12 @@ class TemplateLibrary:
                 entries.append(_entry(sample["meta"]["id"], number, structure))
         if unknown:
             log.info("template library %s: %d %s records without a space group skipped", root, unknown, split)
+        if left_out:
+            log.info("template library %s: %d %s records left out (excluded ids)", root, left_out, split)
         if not entries:
             raise ValueError(f"{root}: no {split} record has a space group; prepare records them (symprec)")
-        return cls(entries, prepared if symprec is None else symprec, f"{root} ({split})")
+        source = f"{root} ({split}" + (f", {left_out} excluded ids left out)" if left_out else ")")
+        return cls(entries, prepared if symprec is None else symprec, source)
 
     def _template(self, entry: _Entry) -> SymmetryTemplate | None:
         if entry.template is None and not entry.failed:

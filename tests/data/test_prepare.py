@@ -94,3 +94,26 @@ def test_symmetry_labels_agree_with_materials_project(mp20_prepared, shared_data
     agree = [m["symmetry"]["spacegroup"] == reference.loc[m["id"], "spacegroup.number"] for m in metas]
     assert sum(agree) / len(agree) > 0.95  # MP's own labels used a similar tolerance
     assert {m["symmetry"]["crystal_system"] for m in metas} >= {"cubic", "hexagonal", "orthorhombic", "monoclinic"}
+
+
+def test_exclude_lists_leave_held_out_ids_out(tmp_path, shared_data):
+    import pandas as pd
+
+    path = shared_data / "carbon_24" / "val.csv"
+    ids = pd.read_csv(path, usecols=["material_id"], nrows=30).material_id.astype(str).tolist()
+    (tmp_path / "held_out.txt").write_text("# test ids\n" + "\n".join(ids[:4]) + "\n")
+    pd.DataFrame({"material_id": ids[4:6]}).to_csv(tmp_path / "held_out.csv", index=False)
+    manifest = prepare(str(tmp_path / "out"), inputs=[f"train={path}"], limit=30, workers=0, progress=False,
+                       exclude=[str(tmp_path / "held_out.txt"), str(tmp_path / "held_out.csv")])  # fmt: skip
+    train = manifest["splits"]["train"]
+    assert train["rejected_by_reason"].get("excluded_id") == 6
+    assert train["accepted"] == 30  # the limit counts kept records: six more were read in their place
+    kept = {json.loads(files["meta.json"])["id"] for shard in sorted((tmp_path / "out").glob("train-*.tar"))
+            for _, files in iter_shard(str(shard))}  # fmt: skip
+    assert len(kept) == 30 and not kept & set(ids[:6]) and set(ids[6:]) <= kept
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in rejects if r["reason"] == "excluded_id"} == set(ids[:6])
+    assert manifest["config"]["exclude"] == [str(tmp_path / "held_out.txt"), str(tmp_path / "held_out.csv")]
+    with pytest.raises(FileNotFoundError, match="exclude list"):
+        prepare(str(tmp_path / "x"), inputs=[f"train={path}"], limit=3, workers=0, progress=False,
+                exclude=[str(tmp_path / "missing.txt")])  # fmt: skip

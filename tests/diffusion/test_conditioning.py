@@ -89,3 +89,23 @@ def test_formula_counts_need_formula_tokens():
         _encoder(False, counts=8)
     with pytest.raises(ValueError, match="text_formula_counts"):
         _encoder(True, counts=-1)
+
+
+def test_formula_tokens_carry_what_they_stand_for():
+    """`Condition.formula`: (Z, whole count) at each formula token, zeros at text tokens; it travels with the rows
+    (select, expand, cat) and a dropped caption masks it with the tokens."""
+    plain = _encoder(False)(_inputs())
+    assert plain.formula is None  # no formula tokens, nothing to copy
+    cond = _encoder(True)(_inputs())
+    extra = cond.tokens.shape[1] - plain.tokens.shape[1]
+    assert not bool(cond.formula[:, :-extra].any())
+    assert cond.formula[0, -extra:].tolist() == [[3, 1], [8, 4], [15, 1], [26, 1]]  # LiFePO4, in order of Z
+    assert cond.formula[3, -extra:].tolist() == [[8, 3], [22, 1], [56, 1], [0, 0]]
+    assert not bool(cond.formula[1].any()) and not bool(cond.formula[2].any())
+    one = cond.select(slice(3, 4))
+    assert torch.equal(one.formula[0], cond.formula[3])
+    assert torch.equal(one.expand(5).formula[4], cond.formula[3])
+    both = type(cond).cat([one, one])
+    assert both.formula.shape == (2, cond.tokens.shape[1], 2)
+    dropped = drop_conditions(cond, {"text": 1.0})
+    assert torch.equal(dropped.formula, cond.formula) and not bool(dropped.mask.any())

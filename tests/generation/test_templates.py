@@ -78,6 +78,10 @@ def test_library_from_prepared_shards(mp40_tiny):
         assert template is not None
         counts = {z: template.species.tolist().count(z) for z in set(template.species.tolist())}
         assert Composition({k: v for k, v in counts.items()}).reduced_formula == formula.reduced_formula
+    first = library.entries[0].id
+    fewer = TemplateLibrary.from_shards(mp40_tiny, "train", exclude=[first])
+    assert len(fewer) == len(library) - 1 and first not in {e.id for e in fewer.entries}
+    assert "1 excluded ids left out" in fewer.source
     with pytest.raises(ValueError, match="no 'nope' split"):
         TemplateLibrary.from_shards(mp40_tiny, "nope")
 
