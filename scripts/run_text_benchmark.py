@@ -68,6 +68,27 @@ def fraction_l1(composition, reference) -> float:
     return float(sum(abs(gen[el] - ref[el]) for el in set(gen.elements) | set(ref.elements)))
 
 
+def training_ids(root: str | None) -> set[str]:
+    """Material ids of a prepared data folder's train split (what the decoder was trained on), or an empty set."""
+    if root is None:
+        return set()
+    from mmcrystal.data.shards import iter_shard
+
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    return {json.loads(files["meta.json"])["id"] for shard in manifest["splits"]["train"]["shards"]
+            for _, files in iter_shard(str(Path(root) / shard["file"]))}  # fmt: skip
+
+
+def unseen_means(table: pd.DataFrame, seen: set[str], metrics: list[str]) -> dict:
+    """Means over the captions whose material the decoder never saw in training (and how many it did see)."""
+    if not seen:
+        return {}
+    inside = table.material_id.astype(str).isin(seen)
+    part = table[~inside]
+    return {"n_seen_in_training": int(inside.sum()),
+            "mean_unseen": {m: round(float(part[m].mean()), 4) for m in metrics}}  # fmt: skip
+
+
 def formulas_only(generator, frame: pd.DataFrame, per_prompt: int, seed: int, out: Path, split_atoms: int) -> dict:
     """Composition match of the composition model's formulas alone (`CrystalGenerator.sample_formulas`: the ones a
     composition-first run holds, same seeds), no structures: cheap enough for every caption of the split. Also
@@ -110,6 +131,7 @@ def formulas_only(generator, frame: pd.DataFrame, per_prompt: int, seed: int, ou
         "structure_beyond_split": mean(table[table.num_atoms_target > split_atoms]),
         "formula_unit_beyond_split": mean(table[table.formula_unit_atoms > split_atoms]),
         "prompts_without_formulas": int(table["error"].notna().sum()) if "error" in table else 0,
+        "table": table,
     }
 
 
@@ -203,6 +225,9 @@ def main() -> None:
     parser.add_argument("--templates", default=None,
                         help="prepared data folder (mmcrystal prepare) whose train split gives the templates: the "
                              "decoder's own training data, never the benchmark's test split")  # fmt: skip
+    parser.add_argument("--training-data", default=None,
+                        help="the decoder's prepared training data: captions whose material is in its train split "
+                             "are also left out of a second set of means (mean_unseen)")  # fmt: skip
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.symmetry is not None and args.templates is None:
@@ -229,6 +254,8 @@ def main() -> None:
         start = time.perf_counter()
         result = formulas_only(generator, frame, args.per_prompt, args.seed, out,
                                args.split_atoms or generator.max_atoms)  # fmt: skip
+        result.update(unseen_means(result.pop("table"), training_ids(args.training_data),
+                                   ["composition", "composition_any", "composition_l1"]))  # fmt: skip
         summary = {"protocol": {"prompts": args.prompts, "per_prompt": args.per_prompt, "seed": args.seed,
                                 "composition_sampling": generator.composition_sampling(),
                                 "scored": "reduced formula of each draw vs the caption's structure (no structures)"},
@@ -302,6 +329,7 @@ def main() -> None:
         "n_within_max_atoms": len(within),
         "n_prompts_without_samples": int(table["error"].notna().sum()) if "error" in table else 0,
         **({"template_counts": dict(generator.template_counts)} if args.symmetry else {}),
+        **unseen_means(table, training_ids(args.training_data), metric_cols),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
