@@ -298,7 +298,7 @@ def test_template_start_begins_from_the_template_crystal():
     assert float(moved.abs().max()) < 0.05
     lengths = late.lattice[1].double().norm(dim=-1)
     assert torch.allclose(lengths, torch.as_tensor(template.lattice).norm(dim=-1), rtol=0.15)
-    early = CrystalSampler(sampler.denoiser, sampler.diffusion, base).sample(
+    early = CrystalSampler(sampler.denoiser, sampler.diffusion, dc_replace(base, template_start=1.0)).sample(
         [3, 6], atomic_numbers=numbers, seed=3, templates=[None, template]
     )
     assert not torch.allclose(early.frac_coords[3:], late.frac_coords[3:], atol=0.05)  # from noise: elsewhere
