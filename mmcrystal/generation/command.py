@@ -98,7 +98,10 @@ def write_samples(
     if conditions.composition_first:
         run["composition_sampling"] = generator.composition_sampling()
     if conditions.symmetry is not None and generator.templates is not None:
+        from mmcrystal.diffusion import SamplerConfig
+
         run["templates"] = generator.templates.source
+        run["template_start"] = float(generator.sampler_settings.get("template_start", SamplerConfig.template_start))
     out = Path(out)
     if info.world_size == 1:
         if (out / SHARDS).exists():  # batches finished by an earlier multi-rank run of the same request

@@ -138,6 +138,7 @@ def test_composition_first_with_symmetry_from_the_prompt(taught, tmp_path):
     assert [symmetry_info(c, symprec=0.01) for c in cells] == [(225, "cubic")] * 3
     request = json.loads((tmp_path / "out" / "progress.json").read_text())["request"]
     assert request["templates"] == "test crystals" and request["symmetry"] == "cubic"
+    assert request["template_start"] == 0.5  # the default start, recorded since it shapes the samples
 
 
 def test_sample_command_takes_templates_from_prepared_data(text_decoder, mp40_tiny, tmp_path):
