@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -282,15 +282,3 @@ def describe(template: SymmetryTemplate | None) -> dict | None:
     if template is None:
         return None
     return {"source": template.source, "spacegroup": template.spacegroup, "num_atoms": template.num_atoms}
-
-
-def choose_many(
-    library: TemplateLibrary,
-    spacegroups: Sequence[frozenset[int] | None],
-    formulas: Sequence,
-    seeds: Sequence[int],
-    max_atoms: int | None = None,
-) -> list[SymmetryTemplate | None]:
-    """`library.choose` for each sample (None where its allowed set or formula is None)."""
-    return [None if sgs is None or f is None else library.choose(sgs, f, s, max_atoms)
-            for sgs, f, s in zip(spacegroups, formulas, seeds, strict=True)]  # fmt: skip
