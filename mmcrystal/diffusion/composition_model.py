@@ -195,10 +195,7 @@ class CompositionModel(nn.Module):
         z, count = cond.formula.to(device).unbind(-1)  # (B, T)
         valid = cond.mask.to(device) & (z > 0) & (z <= cfg.num_elements) & (count > 0)
         # the caption's counts over their gcd: a reduced formula, like the targets
-        divisor = torch.zeros_like(count[:, 0])
-        for column in count.masked_fill(~valid, 0).unbind(1):
-            divisor = torch.gcd(divisor, column)
-        reduced = (count // divisor.clamp(min=1).unsqueeze(1)).clamp(1, cfg.max_count)
+        reduced = reduce_formulas(count.masked_fill(~valid, 0)).clamp(1, cfg.max_count)
         ids = torch.stack([FIRST_ELEMENT + z.clamp(min=1) - 1, FIRST_ELEMENT + cfg.num_elements + reduced - 1], -1)
         return ids * valid.unsqueeze(-1), valid
 

@@ -258,7 +258,7 @@ class CrystalSampler:
         cfg, diffusion = self.config, self.diffusion
         projector = None
         if templates is not None and any(t is not None for t in templates):
-            projector = SymmetryProjector(templates, num_atoms.cpu())
+            projector = SymmetryProjector(templates, num_atoms.cpu()).to(num_atoms.device)
         project = (lambda state: self.project(state, projector)) if projector is not None else (lambda state: state)
         noisy = project(diffusion.prior(num_atoms, generator, atomic_numbers))
         start = None
@@ -314,13 +314,12 @@ class CrystalSampler:
 
     def project(self, noisy: NoisyCrystal, projector: SymmetryProjector) -> NoisyCrystal:
         """The state with every templated crystal's cell metric and orbits symmetrised (module docstring)."""
-        lengths, angles = projector.project_metric(noisy.lattice.cpu())
-        templated = projector.templated.to(noisy.lattice.device)
-        lattice = torch.where(templated.view(-1, 1, 1),
-                              lattice_from_lengths_angles(lengths, angles).to(noisy.lattice), noisy.lattice)  # fmt: skip
+        lengths, angles = projector.project_metric(noisy.lattice)
+        templated = projector.templated
+        lattice = torch.where(templated.view(-1, 1, 1), lattice_from_lengths_angles(lengths, angles), noisy.lattice)
         params = self.diffusion.lattice.params_from_matrix(lattice, noisy.num_atoms)
         params = torch.where(templated.view(-1, 1), params.to(noisy.lattice_params), noisy.lattice_params)
-        frac = projector.project_coords(noisy.frac_coords.cpu(), lattice.cpu()).to(noisy.frac_coords)
+        frac = projector.project_coords(noisy.frac_coords, lattice)
         return noisy.replace(frac_coords=frac, lattice=lattice, lattice_params=params)
 
 

@@ -200,6 +200,17 @@ class SymmetryProjector:
         self.orbit_size = torch.bincount(self.orbit, minlength=num_orbits).to(torch.float64)
         crystal_of_atom = np.repeat(np.arange(len(counts)), counts)
         self.crystal_of_orbit = torch.as_tensor(crystal_of_atom[np.concatenate(rep_atom)], dtype=torch.long)
+        row = torch.full((int(start[-1]),), -1, dtype=torch.long)
+        row[self.atoms] = torch.arange(self.atoms.numel())
+        self.rep_row = row[self.rep_atom]  # (O,) row of each representative among the templated atoms
+        self.shifts = _SHIFTS.clone()
+
+    def to(self, device) -> SymmetryProjector:
+        """The projector's tensors on `device` (the sampler's), so a GPU loop never leaves the GPU."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
 
     def project_coords(self, frac: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
         """`(N, 3)` fractional coordinates (any real values) -> the same with every templated orbit symmetric, in
@@ -207,21 +218,16 @@ class SymmetryProjector:
         if not self.active:
             return frac
         x = frac.to(torch.float64)
-        members = x[self.atoms]  # (M, 3)
-        pulled = torch.einsum("mij,mj->mi", self.rot_inv, members - self.trans)  # estimates of the representative
-        pos = torch.full((x.shape[0],), -1, dtype=torch.long)
-        pos[self.atoms] = torch.arange(self.atoms.numel())
-        ref = pulled[pos[self.rep_atom]][self.orbit]  # (M, 3) the representative's own estimate
-        delta = torch.zeros(self.num_orbits, 3, dtype=torch.float64).index_add_(
-            0, self.orbit, _wrap_centered(pulled - ref)
-        )
-        mean = pulled[pos[self.rep_atom]] + delta / self.orbit_size.unsqueeze(-1)  # (O, 3)
+        pulled = torch.einsum("mij,mj->mi", self.rot_inv, x[self.atoms] - self.trans)  # estimates of the representative
+        own = pulled[self.rep_row]  # (O, 3) each representative's own estimate
+        delta = torch.zeros_like(own).index_add_(0, self.orbit, _wrap_centered(pulled - own[self.orbit]))
+        mean = own + delta / self.orbit_size.unsqueeze(-1)  # (O, 3) torus mean of the pull-backs
         projected = torch.einsum("oij,oj->oi", self.site_a, mean) + self.site_b
-        eye = torch.eye(3, dtype=torch.float64)
-        candidates = projected.unsqueeze(1) + torch.einsum("oij,sj->osi", eye - self.site_a, _SHIFTS)  # (O, 27, 3)
+        eye = torch.eye(3, dtype=torch.float64, device=x.device)
+        candidates = projected.unsqueeze(1) + torch.einsum("oij,sj->osi", eye - self.site_a, self.shifts)  # (O, 27, 3)
         cell = lattice.to(torch.float64)[self.crystal_of_orbit]  # (O, 3, 3)
         moved = torch.einsum("osi,oij->osj", candidates - mean.unsqueeze(1), cell).norm(dim=-1)  # Å
-        best = candidates[torch.arange(self.num_orbits), moved.argmin(dim=1)]  # (O, 3)
+        best = candidates[torch.arange(self.num_orbits, device=x.device), moved.argmin(dim=1)]  # (O, 3)
         out = x.clone()
         out[self.atoms] = torch.einsum("mij,mj->mi", self.rot, best[self.orbit]) + self.trans
         out = out - torch.floor(out)

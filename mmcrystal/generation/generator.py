@@ -356,8 +356,9 @@ class CrystalGenerator:
         for r, f, i in zip(requests, formulas, indices, strict=True):
             formula = f if f is not None else r.held
             t = None
-            if r.symmetry is not None and formula is not None:
-                t = self.templates.choose(r.symmetry, formula, template_seed(seed, i), self.model.max_atoms)
+            if r.symmetry is not None:
+                if formula is not None:
+                    t = self.templates.choose(r.symmetry, formula, template_seed(seed, i), self.model.max_atoms)
                 free += t is None
             chosen.append(t)
         self.last_templates = [describe(t) for t in chosen]
