@@ -165,6 +165,7 @@ class CrystalDiffusionModel(nn.Module):
         denoiser: nn.Module | None = None,
         num_atoms_weight: float = 1.0,
         composition_weight: float = 1.0,
+        only_composition: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Training losses of a `MultimodalBatch` (the one objective of `CrystalDiffusion` and of design-loop
         decoder updates): keys loss, loss_coords, loss_lattice, loss_types, loss_num_atoms.
@@ -175,6 +176,8 @@ class CrystalDiffusionModel(nn.Module):
         when None); `denoiser` defaults to `self.denoiser` (the task passes its EMA copy for validation).
         With a composition model, + composition_weight x its per-token cross-entropy of the reduced formulas
         (key loss_composition; formulas outside its vocabulary are left out and counted in composition_skipped).
+        `only_composition`: the composition loss alone (key loss = loss_composition), the condition tokens computed
+        without gradients and no diffusion forward pass (`CrystalDiffusion(train_only=["composition"])`).
         """
         if self.normalization is None:
             raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
@@ -183,6 +186,14 @@ class CrystalDiffusionModel(nn.Module):
         inputs = ConditionInputs.from_batch(
             batch, self.config.conditions.properties, self.conditions.config.num_elements
         )
+        if only_composition:
+            if self.composition is None:
+                raise ValueError("only_composition needs a composition model (composition.enabled: true)")
+            with torch.no_grad():  # the condition encoder stays as the denoiser knows it
+                cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
+            reduced = reduce_formulas(inputs.composition[:, 1 : self.composition.config.num_elements + 1])
+            loss, fits = self.composition.loss(reduced, cond)
+            return {"loss": loss, "loss_composition": loss, "composition_skipped": (~fits).sum().to(loss.dtype)}
         cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
         t = self.diffusion.sample_time(crystal.num_graphs, generator, device=device)  # (B,)
         noisy, targets = self.diffusion.corrupt(crystal, t, generator)

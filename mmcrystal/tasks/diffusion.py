@@ -43,6 +43,20 @@ def _as_config(value, cls):
     return config_from_dict(value) if isinstance(value, dict) else value
 
 
+_PARTS = ("composition", "conditions", "denoiser", "num_atoms")
+
+
+def _parts(value: list[str] | None, name: str) -> list[str] | None:
+    """A checked list of decoder parts (`_PARTS`), or None."""
+    if value is None:
+        return None
+    parts = [str(v) for v in ([value] if isinstance(value, str) else value)]
+    unknown = sorted(set(parts) - set(_PARTS))
+    if unknown:
+        raise ValueError(f"{name}: unknown decoder parts {unknown}; choose from {list(_PARTS)}")
+    return parts
+
+
 def _without_padding(batch: MultimodalBatch) -> MultimodalBatch:
     """Drop the samples repeated only to even out DDP ranks (`is_padding`), so each sample counts once."""
     keep = ~batch.is_padding.to(torch.bool)
@@ -85,6 +99,11 @@ class CrystalDiffusion(TaskBase):
             (`mmcrystal.tasks.warm_start`: same-named tensors copied, grown tables copied on their overlap, new
             heads fresh; the EMA starts from the result). Applied once, when `fit` starts at step 0: a resumed run
             takes its checkpoint's weights, and loading a checkpoint never reads this path (kept as provenance).
+        init_exclude: Parts of the decoder (`composition`, `num_atoms`, `conditions`, `denoiser`) that `init_from`
+            leaves fresh, e.g. `[composition]` to retrain the composition model from scratch on other data.
+        train_only: Train only these parts, the rest frozen; `[composition]` trains the composition model alone on
+            the frozen condition tokens (no diffusion forward pass: several times cheaper per step), so the exported
+            decoder's denoiser and condition encoder are exactly those of `init_from`. None: train everything.
     """
 
     compile_targets = ("model.denoiser",)  # the network that runs every step (CompileNetworks)
@@ -104,6 +123,8 @@ class CrystalDiffusion(TaskBase):
         normalization: dict | None = None,
         val_seed: int = 0,
         init_from: str | None = None,
+        init_exclude: list[str] | None = None,
+        train_only: list[str] | None = None,
     ):
         super().__init__()
         self.optim_cfg = _as_config(optim, OptimConfig)
@@ -137,8 +158,18 @@ class CrystalDiffusion(TaskBase):
                 "normalization": normalization,
                 "val_seed": int(val_seed),
                 "init_from": None if init_from is None else str(init_from),
+                "init_exclude": _parts(init_exclude, "init_exclude"),
+                "train_only": _parts(train_only, "train_only"),
             }
         )
+        only = self.hparams["train_only"]
+        if only is not None:
+            if only != ["composition"]:
+                raise ValueError(f"train_only={only}: supported is [composition] (or None: train everything)")
+            if self.model.composition is None:
+                raise ValueError("train_only=[composition] needs composition.enabled: true")
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name.startswith("composition."))
         self.ema = EMA(self.model.denoiser, ema_decay)
         self.drop_probs = cfg.conditions.drop_probs()
 
@@ -164,7 +195,9 @@ class CrystalDiffusion(TaskBase):
             return
         from mmcrystal.tasks.warm_start import copy_matching, decoder_state
 
-        report = copy_matching(self.model, decoder_state(source))
+        skip = tuple(f"{part}." for part in self.hparams.get("init_exclude") or ())
+        state = {k: v for k, v in decoder_state(source).items() if not k.startswith(skip)} if skip else None
+        report = copy_matching(self.model, state if skip else decoder_state(source))
         if not report.copied:
             raise ValueError(f"init_from {source}: no tensor matches this decoder by name and shape")
         self.ema.module.load_state_dict(self.model.denoiser.state_dict())
@@ -181,11 +214,12 @@ class CrystalDiffusion(TaskBase):
     ) -> dict[str, torch.Tensor]:
         """The losses of one batch (keys `LOSS_KEYS`); all noise from `generator` (global RNG when None)."""
         denoiser = self.ema.module if use_ema else self.model.denoiser
+        only = self.hparams.get("train_only") == ["composition"]
         return self.model.losses(batch, generator, denoiser, self.hparams["num_atoms_weight"],
-                                 self.hparams.get("composition_weight", 1.0))  # fmt: skip
+                                 self.hparams.get("composition_weight", 1.0), only_composition=only)  # fmt: skip
 
     def _log_losses(self, losses: dict[str, torch.Tensor], split: str, batch_size: int) -> None:
-        for key in LOSS_KEYS + (("loss_composition",) if "loss_composition" in losses else ()):
+        for key in [k for k in LOSS_KEYS + ("loss_composition",) if k in losses]:
             self.log(f"{split}/{key}", losses[key], batch_size=batch_size, prog_bar=key == "loss",
                      sync_dist=split != "train")  # fmt: skip
         if "composition_skipped" in losses:  # formulas outside the composition model's vocabulary, per epoch

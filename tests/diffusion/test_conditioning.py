@@ -109,3 +109,19 @@ def test_formula_tokens_carry_what_they_stand_for():
     assert both.formula.shape == (2, cond.tokens.shape[1], 2)
     dropped = drop_conditions(cond, {"text": 1.0})
     assert torch.equal(dropped.formula, cond.formula) and not bool(dropped.mask.any())
+
+
+def test_text_cache_gives_the_uncached_condition_and_stays_bounded():
+    plain = _encoder(True, counts=8)
+    cached = _encoder(True, counts=8)
+    cached.config.text_cache = 2  # room for two of the three present captions
+    expected = plain(_inputs())
+    for _ in range(2):  # first call fills the cache, the second reads it (and encodes the one that did not fit)
+        got = cached(_inputs())
+        assert torch.equal(got.mask, expected.mask)
+        assert torch.allclose(got.tokens[got.mask], expected.tokens[expected.mask], atol=1e-5)
+    assert len(cached._text_states) == 2
+    # a batch of one caption is padded to its own length, yet matches its row of the full batch
+    single = ConditionInputs(batch_size=1, captions=[CAPTIONS[1]], caption_mask=torch.tensor([True]))
+    one = cached(single)
+    assert torch.allclose(one.tokens[0][one.mask[0]], expected.tokens[1][expected.mask[1]], atol=1e-5)

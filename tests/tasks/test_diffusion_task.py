@@ -306,3 +306,42 @@ def test_init_from_refuses_a_source_that_does_not_fit(tmp_path):
     save_file({"something.else": torch.zeros(2)}, str(tmp_path / "other" / "model.safetensors"))
     with pytest.raises(ValueError, match="no tensor matches"):
         tiny_task(init_from=str(tmp_path / "other")).on_fit_start()
+
+
+def test_train_only_composition_retrains_it_from_scratch_on_a_frozen_decoder(tmp_path, mp40_tiny):
+    """init_exclude=[composition] leaves the composition model fresh; train_only=[composition] then changes it alone:
+    the exported denoiser, condition encoder and atom-count head are the source's, bit for bit."""
+    from mmcrystal.diffusion.composition_model import CompositionModelConfig
+
+    composition = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2, copy=True)
+    torch.manual_seed(0)
+    source = tiny_task(composition=composition, manifest_root=str(mp40_tiny))
+    folder = source.save_pretrained(tmp_path / "source")
+    torch.manual_seed(1)
+    task = tiny_task(composition=composition, init_from=str(folder), init_exclude=["composition"],
+                     train_only=["composition"])  # fmt: skip
+    fresh = {n: p.detach().clone() for n, p in task.model.composition.named_parameters()}
+    task.on_fit_start()
+    assert all(torch.equal(p, fresh[n]) for n, p in task.model.composition.named_parameters())
+    before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    assert {n for n, p in task.model.named_parameters() if p.requires_grad} == {f"composition.{n}" for n in fresh}
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=CrystalDataModule(root=str(mp40_tiny), batch_size=8))
+    assert "train/loss_coords" not in trainer.callback_metrics
+    assert torch.isfinite(trainer.callback_metrics["val/loss_composition"])
+    changed = {n for n, p in task.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("composition.") for n in changed)
+    exported = CrystalGenerator.from_pretrained(task.save_pretrained(tmp_path / "retrained")).model.state_dict()
+    original = CrystalGenerator.from_pretrained(folder).model.state_dict()
+    for name, value in original.items():
+        if not name.startswith("composition."):
+            assert torch.equal(exported[name], value), name
+
+
+def test_train_only_and_init_exclude_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="unknown decoder parts"):
+        tiny_task(init_exclude=["decoder"])
+    with pytest.raises(ValueError, match="supported is"):
+        tiny_task(train_only=["denoiser"])
+    with pytest.raises(ValueError, match="composition.enabled"):
+        tiny_task(train_only=["composition"])
