@@ -17,7 +17,7 @@ import functools
 import logging
 import re
 
-__all__ = ["formula_counts", "formula_in_prompt", "parse_composition"]
+__all__ = ["formula_counts", "formula_in_prompt", "formula_word", "parse_composition"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,22 @@ def formula_in_prompt(prompt: str, num_elements: int = 100):
     return _first_formula(prompt, num_elements, warn=True)
 
 
+def formula_word(text: str, num_elements: int = 100) -> str | None:
+    """The first formula as `text` writes it ("Er5(Ge5Ir2)2"), or None: the substring `formula_counts` reads."""
+    found = _formulas(text, num_elements)
+    return found[0][1] if found else None
+
+
 def _first_formula(prompt: str, num_elements: int = 100, warn: bool = False):
+    found = [comp for comp, _ in _formulas(prompt, num_elements)]
+    if warn and len({c.reduced_formula for c in found}) > 1:
+        log.warning("prompt names several formulas %s; the atom count follows the first",
+                    [c.reduced_formula for c in found])  # fmt: skip
+    return found[0] if found else None
+
+
+def _formulas(prompt: str, num_elements: int = 100) -> list:
+    """(Composition, word as written) of every formula the prompt names, in order."""
     words = [w.strip(".()[]") if w.count("(") != w.count(")") else w.rstrip(".") for w in _WORD_SPLIT.split(prompt)]
     found = []
     for i, word in enumerate(words):
@@ -64,11 +79,8 @@ def _first_formula(prompt: str, num_elements: int = 100, warn: bool = False):
         except ValueError:
             continue
         if len(comp.elements) >= 2:
-            found.append(comp)
-    if warn and len({c.reduced_formula for c in found}) > 1:
-        log.warning("prompt names several formulas %s; the atom count follows the first",
-                    [c.reduced_formula for c in found])  # fmt: skip
-    return found[0] if found else None
+            found.append((comp, core))
+    return found
 
 
 @functools.lru_cache(maxsize=65536)

@@ -113,6 +113,8 @@ class ConditionInputs:
         xrd_mask: `(B,)` bool.
         composition: `(B, num_elements + 1)` atom count of each atomic number Z (column Z), or None.
         spacegroup: `(B,)` long international number, 0 where unknown, or None.
+        caption_transient: `(B,)` bool, captions never to keep in the text cache (`ConditionConfig.text_cache`):
+            rewritten training captions (`mmcrystal.diffusion.formula_augmentation`), or None.
     """
 
     batch_size: int
@@ -124,6 +126,7 @@ class ConditionInputs:
     xrd_mask: torch.Tensor | None = None
     composition: torch.Tensor | None = None
     spacegroup: torch.Tensor | None = None
+    caption_transient: torch.Tensor | None = None
 
     @classmethod
     def from_batch(cls, batch, property_names: Sequence[str] = (), num_elements: int = 100) -> ConditionInputs:
@@ -337,8 +340,11 @@ class ConditionEncoder(nn.Module):
         if not bool(present.any()):  # run the projection on zeros so every parameter has a gradient (DDP)
             width = self.text_encoder.output_dim
             return self.text_proj(torch.zeros(b, 1, width, device=device)), torch.zeros(b, 1, dtype=torch.bool)
-        selected = [c for c, p in zip(inputs.captions, present.tolist(), strict=True) if p]
-        states, state_mask = self._encode_captions(selected, device)  # (P, S, D_text), (P, S)
+        rows = present.nonzero()[:, 0].tolist()
+        selected = [inputs.captions[i] for i in rows]
+        transient = inputs.caption_transient
+        keep = [True] * len(rows) if transient is None else [not bool(transient[i]) for i in rows]
+        states, state_mask = self._encode_captions(selected, device, keep)  # (P, S, D_text), (P, S)
         projected = self.text_proj(states)  # (P, S, cond_dim)
         tokens = projected.new_zeros(b, *projected.shape[1:]).index_put((present.nonzero()[:, 0],), projected)
         mask = torch.zeros(b, projected.shape[1], dtype=torch.bool, device=device)
@@ -346,9 +352,9 @@ class ConditionEncoder(nn.Module):
         return tokens, mask
 
     @torch.no_grad()
-    def _encode_captions(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_captions(self, captions: list[str], device, keep: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen token states `(P, S, D_text)` (float32) and mask `(P, S)` of P captions, through the cache
-        (`ConditionConfig.text_cache`) when it is on: each caption keeps its unpadded states."""
+        (`ConditionConfig.text_cache`) when it is on: each caption keeps its unpadded states (where `keep`)."""
         limit = int(getattr(self.config, "text_cache", 0) or 0)
         if limit <= 0:
             ids = self.text_encoder.tokenize(captions)
@@ -356,13 +362,14 @@ class ConditionEncoder(nn.Module):
             return out.tokens.float(), out.mask.to(device)
         cache = self.__dict__.setdefault("_text_states", {})  # not a buffer: never saved, never moved
         missing = list(dict.fromkeys(c for c in captions if c not in cache))
+        storable = {c for c, k in zip(captions, keep, strict=True) if k}
         fresh = {}
         if missing:
             ids = self.text_encoder.tokenize(missing)
             out = self.text_encoder(ids["input_ids"].to(device), ids["attention_mask"].to(device))
-            for caption, states, keep in zip(missing, out.tokens.float(), out.mask, strict=True):
-                fresh[caption] = states[keep.to(states.device)].clone()  # (S_i, D_text)
-                if len(cache) < limit:
+            for caption, states, real in zip(missing, out.tokens.float(), out.mask, strict=True):
+                fresh[caption] = states[real.to(states.device)].clone()  # (S_i, D_text)
+                if len(cache) < limit and caption in storable:
                     cache[caption] = fresh[caption]
         rows = [fresh.get(c, cache.get(c)).to(device) for c in captions]
         lengths = torch.tensor([len(r) for r in rows], device=device)

@@ -166,6 +166,7 @@ class CrystalDiffusionModel(nn.Module):
         num_atoms_weight: float = 1.0,
         composition_weight: float = 1.0,
         only_composition: bool = False,
+        composition_augment: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Training losses of a `MultimodalBatch` (the one objective of `CrystalDiffusion` and of design-loop
         decoder updates): keys loss, loss_coords, loss_lattice, loss_types, loss_num_atoms.
@@ -177,7 +178,9 @@ class CrystalDiffusionModel(nn.Module):
         With a composition model, + composition_weight x its per-token cross-entropy of the reduced formulas
         (key loss_composition; formulas outside its vocabulary are left out and counted in composition_skipped).
         `only_composition`: the composition loss alone (key loss = loss_composition), the condition tokens computed
-        without gradients and no diffusion forward pass (`CrystalDiffusion(train_only=["composition"])`).
+        without gradients and no diffusion forward pass (`CrystalDiffusion(train_only=["composition"])`); with it,
+        in training mode, `composition_augment` rewrites that fraction of the captions' formulas and their targets
+        (`mmcrystal.diffusion.formula_augmentation`; keys composition_rewritten, composition_rewrite_skipped).
         """
         if self.normalization is None:
             raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
@@ -189,11 +192,15 @@ class CrystalDiffusionModel(nn.Module):
         if only_composition:
             if self.composition is None:
                 raise ValueError("only_composition needs a composition model (composition.enabled: true)")
+            extra = {}
+            if composition_augment > 0 and self.training and inputs.captions is not None:
+                inputs, extra = self._rewrite_formulas(inputs, composition_augment, generator)
             with torch.no_grad():  # the condition encoder stays as the denoiser knows it
                 cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
             reduced = reduce_formulas(inputs.composition[:, 1 : self.composition.config.num_elements + 1])
             loss, fits = self.composition.loss(reduced, cond)
-            return {"loss": loss, "loss_composition": loss, "composition_skipped": (~fits).sum().to(loss.dtype)}
+            skipped = (~fits).sum().to(loss.dtype)
+            return {"loss": loss, "loss_composition": loss, "composition_skipped": skipped, **extra}
         cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
         t = self.diffusion.sample_time(crystal.num_graphs, generator, device=device)  # (B,)
         noisy, targets = self.diffusion.corrupt(crystal, t, generator)
@@ -209,6 +216,22 @@ class CrystalDiffusionModel(nn.Module):
             losses["composition_skipped"] = (~fits).sum().to(losses["loss"].dtype)
             losses["loss"] = losses["loss"] + composition_weight * losses["loss_composition"]
         return losses
+
+    def _rewrite_formulas(self, inputs: ConditionInputs, rate: float, generator: torch.Generator | None):
+        """Inputs with a `rate` fraction of the captions' formulas rewritten (targets follow), and counters."""
+        import random
+
+        from mmcrystal.diffusion.formula_augmentation import rewrite_formulas
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else None))
+        cfg = self.composition.config
+        out = rewrite_formulas(inputs.captions, inputs.caption_mask, inputs.composition, rate, random.Random(seed),
+                               cfg.max_count, cfg.max_atoms)  # fmt: skip
+        inputs = replace(inputs, captions=out.captions, composition=out.composition, caption_transient=out.rewritten)
+        dtype = inputs.composition.dtype if inputs.composition.is_floating_point() else torch.float32
+        counters = {"composition_rewritten": out.rewritten.sum().to(dtype),
+                    "composition_rewrite_skipped": torch.tensor(float(out.skipped), dtype=dtype)}  # fmt: skip
+        return inputs, counters
 
 
 def model_fingerprint(folder: str | Path) -> str:

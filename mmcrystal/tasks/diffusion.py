@@ -104,6 +104,9 @@ class CrystalDiffusion(TaskBase):
         train_only: Train only these parts, the rest frozen; `[composition]` trains the composition model alone on
             the frozen condition tokens (no diffusion forward pass: several times cheaper per step), so the exported
             decoder's denoiser and condition encoder are exactly those of `init_from`. None: train everything.
+        composition_augment: With `train_only: [composition]`, the fraction of training captions whose formula is
+            rewritten with other counts, the rewritten formula being the target
+            (`mmcrystal.diffusion.formula_augmentation`: teaches copying counts and lengths the crystals lack).
     """
 
     compile_targets = ("model.denoiser",)  # the network that runs every step (CompileNetworks)
@@ -125,6 +128,7 @@ class CrystalDiffusion(TaskBase):
         init_from: str | None = None,
         init_exclude: list[str] | None = None,
         train_only: list[str] | None = None,
+        composition_augment: float = 0.0,
     ):
         super().__init__()
         self.optim_cfg = _as_config(optim, OptimConfig)
@@ -160,8 +164,14 @@ class CrystalDiffusion(TaskBase):
                 "init_from": None if init_from is None else str(init_from),
                 "init_exclude": _parts(init_exclude, "init_exclude"),
                 "train_only": _parts(train_only, "train_only"),
+                "composition_augment": float(composition_augment),
             }
         )
+        if not 0.0 <= composition_augment <= 1.0:
+            raise ValueError(f"composition_augment must be in [0, 1]; got {composition_augment}")
+        if composition_augment > 0 and self.hparams["train_only"] != ["composition"]:
+            raise ValueError("composition_augment rewrites captions the denoiser must not see: it needs "
+                             "train_only: [composition]")  # fmt: skip
         only = self.hparams["train_only"]
         if only is not None:
             if only != ["composition"]:
@@ -216,15 +226,18 @@ class CrystalDiffusion(TaskBase):
         denoiser = self.ema.module if use_ema else self.model.denoiser
         only = self.hparams.get("train_only") == ["composition"]
         return self.model.losses(batch, generator, denoiser, self.hparams["num_atoms_weight"],
-                                 self.hparams.get("composition_weight", 1.0), only_composition=only)  # fmt: skip
+                                 self.hparams.get("composition_weight", 1.0), only_composition=only,
+                                 composition_augment=self.hparams.get("composition_augment", 0.0))  # fmt: skip
 
     def _log_losses(self, losses: dict[str, torch.Tensor], split: str, batch_size: int) -> None:
         for key in [k for k in LOSS_KEYS + ("loss_composition",) if k in losses]:
             self.log(f"{split}/{key}", losses[key], batch_size=batch_size, prog_bar=key == "loss",
                      sync_dist=split != "train")  # fmt: skip
-        if "composition_skipped" in losses:  # formulas outside the composition model's vocabulary, per epoch
-            self.log(f"{split}/composition_skipped", losses["composition_skipped"], reduce_fx="sum",
-                     on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=split != "train")  # fmt: skip
+        # formulas outside the composition model's vocabulary, and rewritten captions, per epoch
+        for key in ("composition_skipped", "composition_rewritten", "composition_rewrite_skipped"):
+            if key in losses:
+                self.log(f"{split}/{key}", losses[key], reduce_fx="sum", on_step=False, on_epoch=True,
+                         batch_size=batch_size, sync_dist=split != "train")  # fmt: skip
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch)

@@ -345,3 +345,32 @@ def test_train_only_and_init_exclude_refuse_what_they_cannot_do():
         tiny_task(train_only=["denoiser"])
     with pytest.raises(ValueError, match="composition.enabled"):
         tiny_task(train_only=["composition"])
+
+
+def test_composition_augment_trains_on_rewritten_captions_and_never_caches_them(tmp_path, mp40_tiny, monkeypatch):
+    from mmcrystal.diffusion import formula_augmentation
+    from mmcrystal.diffusion.composition_model import CompositionModelConfig
+
+    composition = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2, copy=True)
+    with pytest.raises(ValueError, match="train_only"):
+        tiny_task(composition=composition, composition_augment=0.3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tiny_task(composition=composition, train_only=["composition"], composition_augment=1.5)
+    rewritten: list[str] = []
+    original = formula_augmentation.rewrite_formulas
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        rewritten.extend(c for c, r in zip(out.captions, out.rewritten.tolist(), strict=True) if r)
+        return out
+
+    monkeypatch.setattr(formula_augmentation, "rewrite_formulas", recording)
+    torch.manual_seed(0)
+    task = tiny_task(composition=composition, manifest_root=str(mp40_tiny), train_only=["composition"],
+                     composition_augment=0.5)  # fmt: skip
+    task.model.conditions.config.text_cache = 1000
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=CrystalDataModule(root=str(mp40_tiny), batch_size=8))
+    assert trainer.callback_metrics["train/composition_rewritten"] == len(rewritten) > 0
+    cache = task.model.conditions._text_states
+    assert cache and not set(rewritten) & set(cache)
