@@ -168,8 +168,12 @@ class CompositionModel(nn.Module):
         memory = self.memory_projection(cond.tokens.to(null.dtype))
         return torch.cat([null, memory], 1), torch.cat([always, ~cond.mask.to(device)], 1)
 
-    def forward(self, tokens: torch.Tensor, cond: Condition | None) -> torch.Tensor:
-        """Next-token logits `(B, L, vocab)` of token prefixes `(B, L)` given the condition (None: unconditional)."""
+    def forward(
+        self, tokens: torch.Tensor, cond: Condition | None, copy_only: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Next-token logits `(B, L, vocab)` of token prefixes `(B, L)` given the condition (None: unconditional).
+        `copy_only` `(B,)` bool (training, with `copy`): rows whose loss must not reach the generator's logits (only
+        the pointer, the gate and the shared layers learn from them; rewritten captions, `formula_augmentation`)."""
         b, length = tokens.shape
         if length > self.max_len:
             raise ValueError(f"sequences of {length} tokens exceed max_len={self.max_len}")
@@ -183,6 +187,8 @@ class CompositionModel(nn.Module):
         logits = self.output(h)
         if not self.config.copy:
             return logits
+        if copy_only is not None:
+            logits = torch.where(copy_only.to(logits.device).view(-1, 1, 1), logits.detach(), logits)
         return self._copy(tokens, h, logits, cond)
 
     def _copy_sources(self, cond: Condition | None, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,11 +233,13 @@ class CompositionModel(nn.Module):
         p = (1 - gate) * torch.softmax(logits.float(), -1) + gate * p_copy
         return torch.log(p.clamp(min=1e-12)).to(logits.dtype)
 
-    def loss(self, reduced: torch.Tensor, cond: Condition | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, reduced: torch.Tensor, cond: Condition | None, copy_only: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean per-token cross-entropy (nats) of the reduced formulas `(B, num_elements)` given `cond`, and the
-        `(B,)` bool of formulas that fit the vocabulary (the others are left out)."""
+        `(B,)` bool of formulas that fit the vocabulary (the others are left out). `copy_only`: see `forward`."""
         tokens, fits = self.encode(reduced)
-        logits = self(tokens[:, :-1], cond)
+        logits = self(tokens[:, :-1], cond, copy_only)
         target = tokens[:, 1:].masked_fill(~fits.unsqueeze(1), PAD)
         if not bool(fits.any()):
             return logits.sum() * 0.0, fits

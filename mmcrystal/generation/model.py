@@ -198,7 +198,8 @@ class CrystalDiffusionModel(nn.Module):
             with torch.no_grad():  # the condition encoder stays as the denoiser knows it
                 cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
             reduced = reduce_formulas(inputs.composition[:, 1 : self.composition.config.num_elements + 1])
-            loss, fits = self.composition.loss(reduced, cond)
+            # rewritten captions teach the pointer and the gate to copy, not the generator which formulas exist
+            loss, fits = self.composition.loss(reduced, cond, inputs.caption_transient)
             skipped = (~fits).sum().to(loss.dtype)
             return {"loss": loss, "loss_composition": loss, "composition_skipped": skipped, **extra}
         cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)

@@ -172,6 +172,8 @@ class CrystalDiffusion(TaskBase):
         if composition_augment > 0 and self.hparams["train_only"] != ["composition"]:
             raise ValueError("composition_augment rewrites captions the denoiser must not see: it needs "
                              "train_only: [composition]")  # fmt: skip
+        if composition_augment > 0 and not self.model.config.composition.copy:
+            raise ValueError("composition_augment trains the copy pointer: it needs composition.copy: true")
         only = self.hparams["train_only"]
         if only is not None:
             if only != ["composition"]:

@@ -168,3 +168,26 @@ def test_copy_writes_counts_it_was_never_trained_to_emit():
     torch.testing.assert_close(copying(tokens.expand(3, -1), dropped), copying(tokens.expand(3, -1), without))
     log_p = copying(tokens.expand(3, -1), cond)
     torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(3, 3))  # a normalised distribution
+
+
+def test_copy_only_rows_train_the_pointer_and_not_the_generator():
+    model = _model(copy=True)
+    formulas = [{5: 7, 17: 2}, {3: 1, 8: 2}]
+    counts = torch.zeros(2, 100, dtype=torch.long)
+    for i, formula in enumerate(formulas):
+        for z, c in formula.items():
+            counts[i, z - 1] = c
+    cond = _caption_cond(formulas)
+
+    def grads(copy_only):
+        model.zero_grad()
+        loss, _ = model.loss(reduce_formulas(counts), cond, copy_only)
+        loss.backward()
+        return model.output.weight.grad.abs().sum(), model.copy_gate.weight.grad.abs().sum()
+
+    generator, gate = grads(torch.tensor([True, True]))
+    assert generator == 0 and gate > 0
+    generator, gate = grads(torch.tensor([True, False]))  # the other row still trains the generator
+    assert generator > 0 and gate > 0
+    generator, _ = grads(None)
+    assert generator > 0

@@ -374,3 +374,11 @@ def test_composition_augment_trains_on_rewritten_captions_and_never_caches_them(
     assert trainer.callback_metrics["train/composition_rewritten"] == len(rewritten) > 0
     cache = task.model.conditions._text_states
     assert cache and not set(rewritten) & set(cache)
+
+
+def test_composition_augment_needs_the_copy_pointer():
+    from mmcrystal.diffusion.composition_model import CompositionModelConfig
+
+    plain = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2)
+    with pytest.raises(ValueError, match="copy"):
+        tiny_task(composition=plain, train_only=["composition"], composition_augment=0.3)
