@@ -92,26 +92,33 @@ def unseen_means(table: pd.DataFrame, seen: set[str], metrics: list[str]) -> dic
 def formulas_only(generator, frame: pd.DataFrame, per_prompt: int, seed: int, out: Path, split_atoms: int) -> dict:
     """Composition match of the composition model's formulas alone (`CrystalGenerator.sample_formulas`: the ones a
     composition-first run holds, same seeds), no structures: cheap enough for every caption of the split. Also
-    reported apart: captions whose structure has at most / more than `split_atoms` atoms, and those whose formula
-    unit alone has more."""
-    from pymatgen.core import Structure
+    reported apart: captions whose structure has at most / more than `split_atoms` atoms, those whose formula
+    unit alone has more, and by what the caption names (`caption_names`: its structure's reduced formula, another
+    formula, or none, by the rules of `mmcrystal.formulas`): copying can only help the first kind."""
+    from pymatgen.core import Composition, Structure
+
+    from mmcrystal.formulas import formula_counts
 
     rows = []
     for row in frame.itertuples():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             target = Structure.from_str(row.cif, fmt="cif").composition
+        named = formula_counts(str(row.prompt))
+        names = "none" if not named else "its_formula" if Composition(
+            {int(z): n for z, n in named}).reduced_formula == target.reduced_formula else "another"  # fmt: skip
         try:
             drawn = generator.sample_formulas(n=per_prompt, seed=seed, prompt=str(row.prompt))
         except ValueError as error:  # a prompt the model refuses: a miss at the worst distance, as in the full run
             print(f"{row.material_id}: no formulas ({error}); scored as a miss")
             rows.append({"material_id": row.material_id, "target": target.reduced_formula, "error": str(error),
+                         "caption_names": names,
                          "num_atoms_target": int(target.num_atoms),
                          "formula_unit_atoms": int(target.reduced_composition.num_atoms),
                          "composition": 0.0, "composition_any": 0.0, "composition_l1": 2.0})  # fmt: skip
             continue
         hits = [f.reduced_formula == target.reduced_formula for f in drawn]
-        rows.append({"material_id": row.material_id, "target": target.reduced_formula,
+        rows.append({"material_id": row.material_id, "target": target.reduced_formula, "caption_names": names,
                      "num_atoms_target": int(target.num_atoms),
                      "formula_unit_atoms": int(target.reduced_composition.num_atoms),
                      "drawn": " ".join(f.reduced_formula for f in drawn), "composition": float(np.mean(hits)),
@@ -131,6 +138,11 @@ def formulas_only(generator, frame: pd.DataFrame, per_prompt: int, seed: int, ou
         "structure_beyond_split": mean(table[table.num_atoms_target > split_atoms]),
         "formula_unit_beyond_split": mean(table[table.formula_unit_atoms > split_atoms]),
         "prompts_without_formulas": int(table["error"].notna().sum()) if "error" in table else 0,
+        "caption_names": {
+            kind: mean(table[table.caption_names == kind])
+            for kind in ("its_formula", "another", "none")
+            if "caption_names" in table and (table.caption_names == kind).any()
+        },  # fmt: skip
         "table": table,
     }
 
