@@ -10,8 +10,10 @@ teaches "write what the caption says" for counts and lengths the crystals never 
 This is only sound where no crystal is trained on the rewritten caption: `CrystalDiffusion(train_only=["composition"],
 composition_augment=...)` applies it to the composition model's condition alone. Validation never rewrites. And the
 rewritten rows train the copy pointer and its gate only (`CompositionModel.loss(copy_only=...)`: the generator's
-logits are detached there): trained on them too, the generator learned the rewrites' made-up formulas as a prior
-and, for captions that name no formula, wrote ErNi22 or a lone Br (BENCHMARKS.md, session 9).
+logits are detached there): trained on them too, the generator took the rewrites' made-up counts as a prior and, for
+prompts that name no formula, wrote ErNi22 or ErBr22. The cost that remains: a model trained this way follows the
+words of a prompt without a formula less (elements named by "sulfide", "lithium": 27 % -> 10 % of draws on
+`scripts/probe_open_prompts.py`; BENCHMARKS.md, session 9), so it suits formula-naming prompts.
 
 A rewrite keeps the caption's elements in the caption's order and draws each count anew with probability 1/2
 (uniform in 1..max_count), sometimes adds one element taken from another caption of the batch or drops one; the
