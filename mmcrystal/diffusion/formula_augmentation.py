@@ -23,29 +23,23 @@ result must stay within max_atoms and differ from the original, else the caption
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from mmcrystal.formulas import formula_counts, formula_word
+from mmcrystal.modalities.scattering import SYMBOLS
 
 __all__ = ["FormulaRewrite", "rewrite_counts", "rewrite_formulas", "write_formula"]
 
-_SYMBOLS: dict[int, str] = {}
-
-
-def _symbol(z: int) -> str:
-    if not _SYMBOLS:
-        from pymatgen.core.periodic_table import Element
-
-        _SYMBOLS.update({el.Z: el.symbol for el in Element if el.Z <= 118})
-    return _SYMBOLS[z]
+_SYMBOL = re.compile(r"[A-Z][a-z]?")  # an element symbol inside a formula word (Cl, not C then l)
 
 
 def write_formula(counts: Sequence[tuple[int, int]]) -> str:
     """A formula string from (Z, count) pairs in the given order; count 1 is left out ("Ba4Fe9O20")."""
-    return "".join(f"{_symbol(z)}{n if n != 1 else ''}" for z, n in counts)
+    return "".join(f"{SYMBOLS[z]}{n if n != 1 else ''}" for z, n in counts)
 
 
 def rewrite_counts(
@@ -116,9 +110,9 @@ def rewrite_formulas(
         if word is None:
             skipped += 1
             continue
-        # the caption's own element order: positions of each symbol in the written formula
-        counts = formula_counts(captions[i], num_elements)
-        order = sorted(counts, key=lambda zn: _position(word, _symbol(zn[0])))
+        # the caption's own element order: first appearance of each symbol in the written formula
+        written = list(dict.fromkeys(_SYMBOL.findall(word)))
+        order = sorted(formula_counts(captions[i], num_elements), key=lambda zn: written.index(SYMBOLS[zn[0]]))
         new = rewrite_counts(order, rng, max_count, max_atoms, pool)
         if new is None:
             skipped += 1
@@ -133,16 +127,3 @@ def rewrite_formulas(
         if len(examples) < 3:
             examples.append((word, text))
     return FormulaRewrite(out_captions, out_composition, rewritten, skipped, examples)
-
-
-def _position(word: str, symbol: str) -> int:
-    """Index of an element symbol in a formula word, not matching the first letter of a longer symbol (C in Cl)."""
-    start = 0
-    while True:
-        at = word.find(symbol, start)
-        if at < 0:
-            return len(word)
-        after = word[at + len(symbol) : at + len(symbol) + 1]
-        if not after.islower():
-            return at
-        start = at + 1

@@ -8,6 +8,7 @@ three diffusion processes, with the dataset statistics they need, rebuilt from o
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -220,8 +221,6 @@ class CrystalDiffusionModel(nn.Module):
 
     def _rewrite_formulas(self, inputs: ConditionInputs, rate: float, generator: torch.Generator | None):
         """Inputs with a `rate` fraction of the captions' formulas rewritten (targets follow), and counters."""
-        import random
-
         from mmcrystal.diffusion.formula_augmentation import rewrite_formulas
 
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else None))
@@ -229,9 +228,8 @@ class CrystalDiffusionModel(nn.Module):
         out = rewrite_formulas(inputs.captions, inputs.caption_mask, inputs.composition, rate, random.Random(seed),
                                cfg.max_count, cfg.max_atoms)  # fmt: skip
         inputs = replace(inputs, captions=out.captions, composition=out.composition, caption_transient=out.rewritten)
-        dtype = inputs.composition.dtype if inputs.composition.is_floating_point() else torch.float32
-        counters = {"composition_rewritten": out.rewritten.sum().to(dtype),
-                    "composition_rewrite_skipped": torch.tensor(float(out.skipped), dtype=dtype)}  # fmt: skip
+        counters = {"composition_rewritten": torch.tensor(float(out.rewritten.sum())),
+                    "composition_rewrite_skipped": torch.tensor(float(out.skipped))}  # fmt: skip
         return inputs, counters
 
 

@@ -208,8 +208,8 @@ class CrystalDiffusion(TaskBase):
         from mmcrystal.tasks.warm_start import copy_matching, decoder_state
 
         skip = tuple(f"{part}." for part in self.hparams.get("init_exclude") or ())
-        state = {k: v for k, v in decoder_state(source).items() if not k.startswith(skip)} if skip else None
-        report = copy_matching(self.model, state if skip else decoder_state(source))
+        state = {k: v for k, v in decoder_state(source).items() if not (skip and k.startswith(skip))}
+        report = copy_matching(self.model, state)
         if not report.copied:
             raise ValueError(f"init_from {source}: no tensor matches this decoder by name and shape")
         self.ema.module.load_state_dict(self.model.denoiser.state_dict())

@@ -61,5 +61,12 @@ def test_rewrite_keeps_the_written_element_order_and_limits():
         new = rewrite_counts([(6, 1), (17, 4)], rng, max_count=24, max_atoms=10)
         assert new is None or (new[0][0] == 6 and sum(n for _, n in new) <= 10 and new != [(6, 1), (17, 4)])
     assert rewrite_counts([(6, 1)], rng, max_count=1, max_atoms=1) is None  # nothing else fits
+    # in a caption too: the rewritten formula keeps C before Cl, as written ("ClC4" would read as a different word)
+    caption = ["CCl4 molecular crystal", "SiC is hard"]
+    for seed in range(10):
+        out = rewrite_formulas(caption, torch.tensor([True, False]), _composition(caption), 1.0, random.Random(seed),
+                               24, 40)  # fmt: skip
+        if out.rewritten[0]:
+            assert formula_word(out.captions[0]).startswith("C") and not formula_word(out.captions[0]).startswith("Cl")
     assert write_formula([(56, 4), (26, 9), (8, 20)]) == "Ba4Fe9O20"
     assert write_formula([(11, 1), (17, 1)]) == "NaCl"
