@@ -9,6 +9,12 @@ would hold) and report:
   - distinct: distinct reduced formulas among the draws.
 
     python scripts/probe_open_prompts.py --model <decoder>/pretrained [--model <another>] --n 50 --out probe.json
+        [--set paraphrased]
+
+`--set paraphrased` holds prompts written unlike the word descriptions the composition model may have been trained
+on (`mmcrystal.diffusion.formula_words`: "lithium iron phosphate", "sulfide", "compound of X and Y"): elements
+named in other phrasings, a symbol instead of a name, mineral and application words. It checks that a model trained
+on descriptions follows words, not the description grammar.
 """
 
 from __future__ import annotations
@@ -31,6 +37,19 @@ PROMPTS: dict[str, tuple[str, ...]] = {
     "a telluride": ("Te",),
     "an iodide": ("I",),
 }
+PARAPHRASED: dict[str, tuple[str, ...]] = {
+    "a material made of zinc and selenium": ("Zn", "Se"),
+    "contains barium and bismuth": ("Ba", "Bi"),
+    "a magnesium silicate mineral": ("Mg", "Si", "O"),
+    "a Na-ion battery electrode": ("Na",),
+    "a copper-based superconductor with oxygen": ("Cu", "O"),
+    "a rare-earth cerium magnet": ("Ce",),
+    "bismuth telluride thermoelectric": ("Bi", "Te"),
+    "an antiperovskite with nitrogen": ("N",),
+    "a compound with tin and sulfur for solar cells": ("Sn", "S"),
+    "a gallium semiconductor": ("Ga",),
+}
+SETS = {"builtin": PROMPTS, "paraphrased": PARAPHRASED}
 
 
 def probe(model: str, prompts: dict[str, tuple[str, ...]], n: int, seed: int = 0) -> dict:
@@ -61,10 +80,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--model", action="append", required=True, help="decoder folder (repeat to compare)")
     parser.add_argument("--n", type=int, default=50, help="formulas per prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", choices=sorted(SETS), default="builtin", help="which built-in prompts")
     parser.add_argument("--prompt", action="append", default=[], help="TEXT=El,El: replaces the built-in prompts")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    prompts = PROMPTS
+    prompts = SETS[args.set]
     if args.prompt:
         prompts = {}
         for item in args.prompt:

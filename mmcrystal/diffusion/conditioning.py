@@ -114,7 +114,8 @@ class ConditionInputs:
         composition: `(B, num_elements + 1)` atom count of each atomic number Z (column Z), or None.
         spacegroup: `(B,)` long international number, 0 where unknown, or None.
         caption_transient: `(B,)` bool, captions never to keep in the text cache (`ConditionConfig.text_cache`):
-            rewritten training captions (`mmcrystal.diffusion.formula_augmentation`), or None.
+            rewritten or described training captions (`mmcrystal.diffusion.formula_augmentation`,
+            `formula_words`), or None.
     """
 
     batch_size: int

@@ -168,6 +168,7 @@ class CrystalDiffusionModel(nn.Module):
         composition_weight: float = 1.0,
         only_composition: bool = False,
         composition_augment: float = 0.0,
+        composition_describe: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Training losses of a `MultimodalBatch` (the one objective of `CrystalDiffusion` and of design-loop
         decoder updates): keys loss, loss_coords, loss_lattice, loss_types, loss_num_atoms.
@@ -181,7 +182,9 @@ class CrystalDiffusionModel(nn.Module):
         `only_composition`: the composition loss alone (key loss = loss_composition), the condition tokens computed
         without gradients and no diffusion forward pass (`CrystalDiffusion(train_only=["composition"])`); with it,
         in training mode, `composition_augment` rewrites that fraction of the captions' formulas and their targets
-        (`mmcrystal.diffusion.formula_augmentation`; keys composition_rewritten, composition_rewrite_skipped).
+        (`mmcrystal.diffusion.formula_augmentation`; keys composition_rewritten, composition_rewrite_skipped), and
+        first `composition_describe` says that fraction of the captions' formulas in words, targets unchanged
+        (`mmcrystal.diffusion.formula_words`; key composition_described).
         """
         if self.normalization is None:
             raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
@@ -193,14 +196,15 @@ class CrystalDiffusionModel(nn.Module):
         if only_composition:
             if self.composition is None:
                 raise ValueError("only_composition needs a composition model (composition.enabled: true)")
-            extra = {}
-            if composition_augment > 0 and self.training and inputs.captions is not None:
-                inputs, extra = self._rewrite_formulas(inputs, composition_augment, generator)
+            extra, copy_only = {}, None
+            if (composition_augment > 0 or composition_describe > 0) and self.training and inputs.captions is not None:
+                inputs, copy_only, extra = self._augment_captions(inputs, composition_augment, composition_describe,
+                                                                  generator)  # fmt: skip
             with torch.no_grad():  # the condition encoder stays as the denoiser knows it
                 cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
             reduced = reduce_formulas(inputs.composition[:, 1 : self.composition.config.num_elements + 1])
             # rewritten captions teach the pointer and the gate to copy, not the generator which formulas exist
-            loss, fits = self.composition.loss(reduced, cond, inputs.caption_transient)
+            loss, fits = self.composition.loss(reduced, cond, copy_only)
             skipped = (~fits).sum().to(loss.dtype)
             return {"loss": loss, "loss_composition": loss, "composition_skipped": skipped, **extra}
         cond = drop_conditions(self.condition(inputs), self.config.conditions.drop_probs(), generator)
@@ -219,18 +223,31 @@ class CrystalDiffusionModel(nn.Module):
             losses["loss"] = losses["loss"] + composition_weight * losses["loss_composition"]
         return losses
 
-    def _rewrite_formulas(self, inputs: ConditionInputs, rate: float, generator: torch.Generator | None):
-        """Inputs with a `rate` fraction of the captions' formulas rewritten (targets follow), and counters."""
+    def _augment_captions(
+        self, inputs: ConditionInputs, rewrite: float, describe: float, generator: torch.Generator | None
+    ) -> tuple[ConditionInputs, torch.Tensor, dict[str, torch.Tensor]]:
+        """Inputs with a `describe` fraction of the captions' formulas said in words, then a `rewrite` fraction of
+        the remaining ones rewritten with other counts (targets follow); the `(B,)` bool of rewritten rows (they
+        train the copy pointer only); counters. Both kinds of caption are kept out of the text cache."""
         from mmcrystal.diffusion.formula_augmentation import rewrite_formulas
+        from mmcrystal.diffusion.formula_words import describe_formulas
 
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else None))
-        cfg = self.composition.config
-        out = rewrite_formulas(inputs.captions, inputs.caption_mask, inputs.composition, rate, random.Random(seed),
-                               cfg.max_count, cfg.max_atoms)  # fmt: skip
-        inputs = replace(inputs, captions=out.captions, composition=out.composition, caption_transient=out.rewritten)
-        counters = {"composition_rewritten": torch.tensor(float(out.rewritten.sum())),
-                    "composition_rewrite_skipped": torch.tensor(float(out.skipped))}  # fmt: skip
-        return inputs, counters
+        rng, cfg = random.Random(seed), self.composition.config
+        counters, mask = {}, inputs.caption_mask.cpu()
+        described = torch.zeros_like(mask)
+        if describe > 0:
+            words = describe_formulas(inputs.captions, mask, describe, rng, self.conditions.config.num_elements)
+            inputs, described = replace(inputs, captions=words.captions), words.described
+            counters["composition_described"] = torch.tensor(float(described.sum()))
+        rewritten = torch.zeros_like(mask)
+        if rewrite > 0:
+            out = rewrite_formulas(inputs.captions, mask & ~described, inputs.composition, rewrite, rng,
+                                   cfg.max_count, cfg.max_atoms)  # fmt: skip
+            inputs, rewritten = replace(inputs, captions=out.captions, composition=out.composition), out.rewritten
+            counters["composition_rewritten"] = torch.tensor(float(rewritten.sum()))
+            counters["composition_rewrite_skipped"] = torch.tensor(float(out.skipped))
+        return replace(inputs, caption_transient=described | rewritten), rewritten, counters
 
 
 def model_fingerprint(folder: str | Path) -> str:

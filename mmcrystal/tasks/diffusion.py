@@ -107,6 +107,9 @@ class CrystalDiffusion(TaskBase):
         composition_augment: With `train_only: [composition]`, the fraction of training captions whose formula is
             rewritten with other counts, the rewritten formula being the target
             (`mmcrystal.diffusion.formula_augmentation`: teaches copying counts and lengths the crystals lack).
+        composition_describe: With `train_only: [composition]`, the fraction of training captions whose formula is
+            said in words instead ("lithium iron phosphate", "sulfide"; `mmcrystal.diffusion.formula_words`), the
+            crystal's formula staying the target: teaches the formulas that prompts naming none ask for.
     """
 
     compile_targets = ("model.denoiser",)  # the network that runs every step (CompileNetworks)
@@ -129,6 +132,7 @@ class CrystalDiffusion(TaskBase):
         init_exclude: list[str] | None = None,
         train_only: list[str] | None = None,
         composition_augment: float = 0.0,
+        composition_describe: float = 0.0,
     ):
         super().__init__()
         self.optim_cfg = _as_config(optim, OptimConfig)
@@ -165,10 +169,18 @@ class CrystalDiffusion(TaskBase):
                 "init_exclude": _parts(init_exclude, "init_exclude"),
                 "train_only": _parts(train_only, "train_only"),
                 "composition_augment": float(composition_augment),
+                "composition_describe": float(composition_describe),
             }
         )
-        if not 0.0 <= composition_augment <= 1.0:
-            raise ValueError(f"composition_augment must be in [0, 1]; got {composition_augment}")
+        for name, rate in (
+            ("composition_augment", composition_augment),
+            ("composition_describe", composition_describe),
+        ):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {rate}")
+        if composition_describe > 0 and self.hparams["train_only"] != ["composition"]:
+            raise ValueError("composition_describe applies where the composition model trains alone: "
+                             "it needs train_only: [composition]")  # fmt: skip
         if composition_augment > 0 and self.hparams["train_only"] != ["composition"]:
             raise ValueError("composition_augment rewrites captions the denoiser must not see: it needs "
                              "train_only: [composition]")  # fmt: skip
@@ -229,14 +241,20 @@ class CrystalDiffusion(TaskBase):
         only = self.hparams.get("train_only") == ["composition"]
         return self.model.losses(batch, generator, denoiser, self.hparams["num_atoms_weight"],
                                  self.hparams.get("composition_weight", 1.0), only_composition=only,
-                                 composition_augment=self.hparams.get("composition_augment", 0.0))  # fmt: skip
+                                 composition_augment=self.hparams.get("composition_augment", 0.0),
+                                 composition_describe=self.hparams.get("composition_describe", 0.0))  # fmt: skip
 
     def _log_losses(self, losses: dict[str, torch.Tensor], split: str, batch_size: int) -> None:
         for key in [k for k in LOSS_KEYS + ("loss_composition",) if k in losses]:
             self.log(f"{split}/{key}", losses[key], batch_size=batch_size, prog_bar=key == "loss",
                      sync_dist=split != "train")  # fmt: skip
         # formulas outside the composition model's vocabulary, and rewritten captions, per epoch
-        for key in ("composition_skipped", "composition_rewritten", "composition_rewrite_skipped"):
+        for key in (
+            "composition_skipped",
+            "composition_rewritten",
+            "composition_rewrite_skipped",
+            "composition_described",
+        ):
             if key in losses:
                 self.log(f"{split}/{key}", losses[key], reduce_fx="sum", on_step=False, on_epoch=True,
                          batch_size=batch_size, sync_dist=split != "train")  # fmt: skip

@@ -60,3 +60,20 @@ def test_refuses_a_decoder_without_composition_model(monkeypatch):
         module.main(["--model", "m", "--n", "2"])
     with pytest.raises(SystemExit, match="TEXT=El"):
         module.main(["--model", "m", "--prompt", "=S"])
+
+
+def test_paraphrased_set_names_only_real_elements_in_its_words(monkeypatch):
+    from pymatgen.core import Element
+
+    from mmcrystal.formulas import formula_word
+
+    module = _load()
+    assert set(module.PARAPHRASED).isdisjoint(module.PROMPTS)
+    for prompt, elements in module.PARAPHRASED.items():
+        assert elements and all(Element.is_valid_symbol(e) for e in elements), prompt
+        assert formula_word(prompt) is None, prompt  # open prompts: no formula to copy
+    seen = []
+    monkeypatch.setattr(module, "probe", lambda model, prompts, n, seed=0: seen.append(prompts) or
+                        {"mean": {"named": 0, "smact": 0, "distinct": 0}, "prompts": {}, "model": model})  # fmt: skip
+    module.main(["--model", "m", "--set", "paraphrased"])
+    assert seen == [module.PARAPHRASED]

@@ -15,6 +15,7 @@ from mmcrystal.data.datamodule import CrystalDataModule, load_manifest
 from mmcrystal.diffusion import DenoiserConfig, NumAtomsConfig, drop_conditions
 from mmcrystal.diffusion.conditioning import ConditionConfig, ConditionEncoder, ConditionInputs
 from mmcrystal.diffusion.ema import EMA
+from mmcrystal.formulas import formula_word
 from mmcrystal.generate import CrystalGenerator, normalization_from_manifest
 from mmcrystal.tasks.base import OptimConfig
 from mmcrystal.tasks.diffusion import LOSS_KEYS, CrystalDiffusion, _without_padding
@@ -382,3 +383,43 @@ def test_composition_augment_needs_the_copy_pointer():
     plain = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2)
     with pytest.raises(ValueError, match="copy"):
         tiny_task(composition=plain, train_only=["composition"], composition_augment=0.3)
+
+
+def test_composition_describe_trains_the_generator_on_described_captions(tmp_path, mp40_tiny, monkeypatch):
+    from mmcrystal.diffusion import composition_model, formula_words
+    from mmcrystal.diffusion.composition_model import CompositionModelConfig
+
+    composition = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2, copy=True)
+    with pytest.raises(ValueError, match="train_only"):
+        tiny_task(composition=composition, composition_describe=0.3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tiny_task(composition=composition, train_only=["composition"], composition_describe=-0.1)
+    described: list[str] = []
+    copy_only_rows: list[int] = []
+    original = formula_words.describe_formulas
+    original_loss = composition_model.CompositionModel.loss
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        described.extend(c for c, d in zip(out.captions, out.described.tolist(), strict=True) if d)
+        return out
+
+    def loss(self, reduced, cond, copy_only=None):
+        copy_only_rows.append(0 if copy_only is None else int(copy_only.sum()))
+        return original_loss(self, reduced, cond, copy_only)
+
+    monkeypatch.setattr(formula_words, "describe_formulas", recording)
+    monkeypatch.setattr(composition_model.CompositionModel, "loss", loss)
+    torch.manual_seed(0)
+    # no copy pointer needed: described rows train the generator
+    plain = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2)
+    task = tiny_task(composition=plain, manifest_root=str(mp40_tiny), train_only=["composition"],
+                     composition_describe=0.6)  # fmt: skip
+    task.model.conditions.config.text_cache = 1000
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=CrystalDataModule(root=str(mp40_tiny), batch_size=8))
+    assert trainer.callback_metrics["train/composition_described"] == len(described) > 0
+    assert all(formula_word(c) is None for c in described)
+    assert copy_only_rows and not any(copy_only_rows)  # no row was limited to the copy pointer
+    cache = task.model.conditions._text_states
+    assert cache and not set(described) & set(cache)
