@@ -348,6 +348,16 @@ def test_train_only_and_init_exclude_refuse_what_they_cannot_do():
         tiny_task(train_only=["composition"])
 
 
+def _fit_composition_only(tmp_path, data_root, composition, **rates):
+    """Three steps of the composition-only stage on `data_root` with the caption cache on; (task, trainer)."""
+    torch.manual_seed(0)
+    task = tiny_task(composition=composition, manifest_root=str(data_root), train_only=["composition"], **rates)
+    task.model.conditions.config.text_cache = 1000
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=CrystalDataModule(root=str(data_root), batch_size=8))
+    return task, trainer
+
+
 def test_composition_augment_trains_on_rewritten_captions_and_never_caches_them(tmp_path, mp40_tiny, monkeypatch):
     from mmcrystal.diffusion import formula_augmentation
     from mmcrystal.diffusion.composition_model import CompositionModelConfig
@@ -366,12 +376,7 @@ def test_composition_augment_trains_on_rewritten_captions_and_never_caches_them(
         return out
 
     monkeypatch.setattr(formula_augmentation, "rewrite_formulas", recording)
-    torch.manual_seed(0)
-    task = tiny_task(composition=composition, manifest_root=str(mp40_tiny), train_only=["composition"],
-                     composition_augment=0.5)  # fmt: skip
-    task.model.conditions.config.text_cache = 1000
-    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0)
-    trainer.fit(task, datamodule=CrystalDataModule(root=str(mp40_tiny), batch_size=8))
+    task, trainer = _fit_composition_only(tmp_path, mp40_tiny, composition, composition_augment=0.5)
     assert trainer.callback_metrics["train/composition_rewritten"] == len(rewritten) > 0
     cache = task.model.conditions._text_states
     assert cache and not set(rewritten) & set(cache)
@@ -410,14 +415,9 @@ def test_composition_describe_trains_the_generator_on_described_captions(tmp_pat
 
     monkeypatch.setattr(formula_words, "describe_formulas", recording)
     monkeypatch.setattr(composition_model.CompositionModel, "loss", loss)
-    torch.manual_seed(0)
     # no copy pointer needed: described rows train the generator
     plain = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2)
-    task = tiny_task(composition=plain, manifest_root=str(mp40_tiny), train_only=["composition"],
-                     composition_describe=0.6)  # fmt: skip
-    task.model.conditions.config.text_cache = 1000
-    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0)
-    trainer.fit(task, datamodule=CrystalDataModule(root=str(mp40_tiny), batch_size=8))
+    task, trainer = _fit_composition_only(tmp_path, mp40_tiny, plain, composition_describe=0.6)
     assert trainer.callback_metrics["train/composition_described"] == len(described) > 0
     assert all(formula_word(c) is None for c in described)
     assert copy_only_rows and not any(copy_only_rows)  # no row was limited to the copy pointer
