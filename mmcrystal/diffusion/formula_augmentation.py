@@ -13,7 +13,8 @@ rewritten rows train the copy pointer and its gate only (`CompositionModel.loss(
 logits are detached there): trained on them too, the generator took the rewrites' made-up counts as a prior and, for
 prompts that name no formula, wrote ErNi22 or ErBr22. The cost that remains: a model trained this way follows the
 words of a prompt without a formula less (elements named by "sulfide", "lithium": 27 % -> 10 % of draws on
-`scripts/probe_open_prompts.py`; BENCHMARKS.md, session 9), so it suits formula-naming prompts.
+`scripts/probe_open_prompts.py`; BENCHMARKS.md, session 9); saying a share of the other captions' formulas in
+words (`formula_words`, `composition_describe`) restores that (94 %, session 10).
 
 A rewrite keeps the caption's elements in the caption's order and draws each count anew with probability 1/2
 (uniform in 1..max_count), sometimes adds one element taken from another caption of the batch or drops one; the

@@ -24,6 +24,7 @@ with aluminium / caesium drawn half the time for aluminum / cesium. The caption'
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
@@ -39,13 +40,13 @@ __all__ = ["ANION_NAMES", "OXYANION_NAMES", "FormulaDescription", "compound_clas
 
 _SYMBOL = re.compile(r"[A-Z][a-z]?")  # an element symbol inside a formula word
 
-# binary-compound names of anion-forming elements (IUPAC nomenclature of inorganic chemistry, 2005, Table IX)
+# binary-compound names of anion-forming elements (IUPAC Nomenclature of Inorganic Chemistry, 2005)
 ANION_NAMES = {
     "H": "hydride", "B": "boride", "C": "carbide", "N": "nitride", "O": "oxide", "F": "fluoride",
     "Si": "silicide", "P": "phosphide", "S": "sulfide", "Cl": "chloride", "Ge": "germanide", "As": "arsenide",
     "Se": "selenide", "Br": "bromide", "Sb": "antimonide", "Te": "telluride", "I": "iodide",
 }  # fmt: skip
-# oxoanion names of the central atom (same source, Table X): LiFePO4 is a phosphate, BaTiO3 a titanate
+# oxoanion names of the central atom (same source): LiFePO4 is a phosphate, BaTiO3 a titanate
 OXYANION_NAMES = {
     "B": "borate", "C": "carbonate", "N": "nitrate", "Si": "silicate", "P": "phosphate", "S": "sulfate",
     "Ti": "titanate", "V": "vanadate", "Cr": "chromate", "Mn": "manganate", "Ge": "germanate", "As": "arsenate",
@@ -53,6 +54,7 @@ OXYANION_NAMES = {
 }  # fmt: skip
 
 
+@functools.cache  # called per element of every described caption, every training step
 def _element(symbol: str):
     from pymatgen.core import Element
 

@@ -184,7 +184,7 @@ class CrystalDiffusionModel(nn.Module):
         in training mode, `composition_augment` rewrites that fraction of the captions' formulas and their targets
         (`mmcrystal.diffusion.formula_augmentation`; keys composition_rewritten, composition_rewrite_skipped), and
         first `composition_describe` says that fraction of the captions' formulas in words, targets unchanged
-        (`mmcrystal.diffusion.formula_words`; key composition_described).
+        (`mmcrystal.diffusion.formula_words`; keys composition_described, composition_describe_skipped).
         """
         if self.normalization is None:
             raise RuntimeError("no dataset statistics yet: call setup() with a data module, or set_normalization")
@@ -240,6 +240,7 @@ class CrystalDiffusionModel(nn.Module):
             words = describe_formulas(inputs.captions, mask, describe, rng, self.conditions.config.num_elements)
             inputs, described = replace(inputs, captions=words.captions), words.described
             counters["composition_described"] = torch.tensor(float(described.sum()))
+            counters["composition_describe_skipped"] = torch.tensor(float(words.skipped))  # no formula to say
         rewritten = torch.zeros_like(mask)
         if rewrite > 0:
             out = rewrite_formulas(inputs.captions, mask & ~described, inputs.composition, rewrite, rng,

@@ -248,12 +248,13 @@ class CrystalDiffusion(TaskBase):
         for key in [k for k in LOSS_KEYS + ("loss_composition",) if k in losses]:
             self.log(f"{split}/{key}", losses[key], batch_size=batch_size, prog_bar=key == "loss",
                      sync_dist=split != "train")  # fmt: skip
-        # formulas outside the composition model's vocabulary, and rewritten captions, per epoch
+        # formulas outside the composition model's vocabulary, rewritten and described captions, per epoch
         for key in (
             "composition_skipped",
             "composition_rewritten",
             "composition_rewrite_skipped",
             "composition_described",
+            "composition_describe_skipped",
         ):
             if key in losses:
                 self.log(f"{split}/{key}", losses[key], reduce_fx="sum", on_step=False, on_epoch=True,

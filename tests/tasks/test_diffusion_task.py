@@ -419,6 +419,7 @@ def test_composition_describe_trains_the_generator_on_described_captions(tmp_pat
     plain = CompositionModelConfig(enabled=True, hidden_dim=16, num_layers=1, num_heads=2)
     task, trainer = _fit_composition_only(tmp_path, mp40_tiny, plain, composition_describe=0.6)
     assert trainer.callback_metrics["train/composition_described"] == len(described) > 0
+    assert "train/composition_describe_skipped" in trainer.callback_metrics  # captions naming no formula, counted
     assert all(formula_word(c) is None for c in described)
     assert copy_only_rows and not any(copy_only_rows)  # no row was limited to the copy pointer
     cache = task.model.conditions._text_states
