@@ -3,7 +3,13 @@
 from encoders.crystal.batch import CrystalGraphInput, CrystalLike, cartesian_coords, fully_connected_edges
 from encoders.crystal.chgnet_backbone import CHGNetConfig, CHGNetEncoder, crystals_to_structures
 from encoders.crystal.cspnet import CSPNetConfig, CSPNetEncoder
-from encoders.crystal.neighbors import NeighborList, edge_vectors, images_per_axis, periodic_radius_graph
+from encoders.crystal.neighbors import (
+    NeighborList,
+    edge_vectors,
+    images_per_axis,
+    minimum_image_distances,
+    periodic_radius_graph,
+)
 from encoders.crystal.radius_graph import RadiusGraphConfig, RadiusGraphEncoder
 
 __all__ = [
@@ -21,5 +27,6 @@ __all__ = [
     "edge_vectors",
     "fully_connected_edges",
     "images_per_axis",
+    "minimum_image_distances",
     "periodic_radius_graph",
 ]

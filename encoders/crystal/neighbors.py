@@ -161,3 +161,24 @@ def edge_vectors(
     i, j = edge_index
     frac_vec = frac_coords[j] + cell_offsets.to(frac_coords.dtype) - frac_coords[i]  # (E, 3)
     return torch.einsum("ei,eij->ej", frac_vec, lattice[batch[i]])
+
+
+# The 27 translations {-1, 0, 1}^3 searched by `minimum_image_distances`.
+_NEAR_SHIFTS = torch.cartesian_prod(*[torch.tensor([-1.0, 0.0, 1.0])] * 3)  # (27, 3)
+
+
+def minimum_image_distances(frac_diff: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
+    """Shortest periodic distance in Å for fractional differences `(E, 3)` in cells `(E, 3, 3)` (rows Å) -> `(E,)`.
+
+    The difference is wrapped to [-0.5, 0.5) per axis and its 27 nearest translations are searched: exact for cells
+    whose reduced basis is not strongly sheared (every real MP-20 cell), and otherwise an upper bound of the true
+    minimum. It depends only on f_j - f_i modulo 1 and on the Gram matrix, so it is invariant to rotations,
+    translations and the choice of periodic image, like the Fourier features it complements. A fully connected
+    graph's self-pairs get 0. Differentiable (the square root is taken of a clamped square, finite at 0).
+    """
+    wrapped = frac_diff - torch.round(frac_diff)  # (E, 3) in [-0.5, 0.5]
+    shifts = _NEAR_SHIFTS.to(device=frac_diff.device, dtype=frac_diff.dtype)
+    candidates = wrapped.unsqueeze(1) + shifts  # (E, 27, 3) fractional
+    cartesian = torch.einsum("eki,eij->ekj", candidates, lattice)  # (E, 27, 3) Å
+    squared = (cartesian * cartesian).sum(-1).min(dim=1).values  # (E,) Å^2
+    return squared.clamp(min=1e-12).sqrt()

@@ -3,9 +3,10 @@ with a sinusoidal time embedding, FiLM on a pooled condition vector and cross-at
 
 Symmetries (tested in tests/diffusion/test_denoiser.py):
   - rotation/reflection invariance: the lattice enters only through its Gram matrix L L^T;
-  - translation invariance: fractional coordinates enter only through Fourier features of differences f_j - f_i,
-    which also makes the choice of periodic image irrelevant; the coordinate score is in addition centred
-    (zero mean per crystal), matching the centred score-matching loss of `WrappedNormalProcess`;
+  - translation invariance: fractional coordinates enter only through Fourier features of differences f_j - f_i
+    (and, with `distance_rbf`, the minimum-image distance in Å), which also makes the choice of periodic image
+    irrelevant; the coordinate score is in addition centred (zero mean per crystal), matching the centred
+    score-matching loss of `WrappedNormalProcess`;
   - permutation equivariance: shared weights, mean aggregation over all atom pairs, per-atom cross-attention.
 The network is only the network: no noise schedule, no loss, no sampling loop.
 """
@@ -20,7 +21,8 @@ from torch import nn
 
 from encoders.crystal.batch import fully_connected_edges
 from encoders.crystal.cspnet import CSPLayer
-from encoders.layers.basis import FourierFeatures
+from encoders.crystal.neighbors import minimum_image_distances
+from encoders.layers.basis import FourierFeatures, GaussianRBF
 from encoders.layers.mlp import MLP
 from encoders.layers.scatter import scatter_mean, to_padded
 from mmcrystal.config import register_config
@@ -53,6 +55,11 @@ class DenoiserConfig:
         max_atoms: Size of the atom-count embedding (larger counts share the last entry).
         lattice_scale: Length in Å; Gram entries (Å^2) are divided by its square so they are O(1).
         dropout: Dropout in cross-attention.
+        distance_rbf: Gaussians of each pair's minimum-image distance (Å) added to the edge features; 0 (default,
+            DiffCSP's CSPNet and older models) gives Fourier features of f_j - f_i only. Why: from those and the
+            Gram matrix a network must itself compose how far apart two atoms are in Å, the quantity that decides
+            whether they overlap (< 0.5 Å makes a sample structurally invalid).
+        distance_cutoff: Largest Gaussian centre in Å (the centres are evenly spaced from 0).
     """
 
     hidden_dim: int = 256
@@ -67,6 +74,8 @@ class DenoiserConfig:
     max_atoms: int = 128
     lattice_scale: float = 10.0
     dropout: float = 0.0
+    distance_rbf: int = 0
+    distance_cutoff: float = 6.0
 
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -139,7 +148,8 @@ class CrystalDenoiser(nn.Module):
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))  # always attendable: no empty softmax
         nn.init.normal_(self.null_token, std=0.02)
         self.fourier = FourierFeatures(cfg.num_freqs)
-        edge_dim = len(_GRAM_ROWS) + 3 * self.fourier.output_dim_per_input
+        self.distance_basis = GaussianRBF(cfg.distance_rbf, cfg.distance_cutoff) if cfg.distance_rbf > 0 else None
+        edge_dim = len(_GRAM_ROWS) + 3 * self.fourier.output_dim_per_input + max(cfg.distance_rbf, 0)
         self.blocks = nn.ModuleList(
             ConditionedBlock(dim, edge_dim, cfg.num_heads, cfg.cross_attention, cfg.dropout)
             for _ in range(cfg.num_layers)
@@ -158,8 +168,11 @@ class CrystalDenoiser(nn.Module):
         edge_index = fully_connected_edges(noisy.num_atoms)  # (2, sum n^2): receiver i, sender j
         receiver, sender = edge_index
         frac_diff = noisy.frac_coords[sender] - noisy.frac_coords[receiver]  # (E, 3), translation invariant
-        edge_attr = torch.cat([gram[noisy.batch[receiver]], self.fourier(frac_diff)], dim=-1)
-        return edge_index, edge_attr.to(self.null_token.dtype)
+        parts = [gram[noisy.batch[receiver]], self.fourier(frac_diff)]
+        if self.distance_basis is not None:
+            cells = noisy.lattice[noisy.batch[receiver]].to(frac_diff.dtype)  # (E, 3, 3) Å
+            parts.append(self.distance_basis(minimum_image_distances(frac_diff, cells)).to(frac_diff.dtype))
+        return edge_index, torch.cat(parts, dim=-1).to(self.null_token.dtype)
 
     def _condition(self, cond: Condition | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> pooled condition `(B, cond_dim)`, key tokens `(B, 1 + T, D)` and key mask `(B, 1 + T)`."""

@@ -11,10 +11,13 @@ TOL = dict(rtol=1e-7, atol=1e-8)
 COND_DIM = 8
 
 
-@pytest.fixture(scope="module")
-def denoiser() -> CrystalDenoiser:
+@pytest.fixture(scope="module", params=[0, 8], ids=["fourier", "fourier+distance"])
+def denoiser(request) -> CrystalDenoiser:
+    """Both edge-feature sets: Fourier features of f_j - f_i alone, and with Gaussians of the minimum-image distance."""
     torch.manual_seed(0)
-    cfg = DenoiserConfig(hidden_dim=32, num_layers=2, num_freqs=4, time_dim=16, cond_dim=COND_DIM, num_heads=2)
+    cfg = DenoiserConfig(
+        hidden_dim=32, num_layers=2, num_freqs=4, time_dim=16, cond_dim=COND_DIM, num_heads=2, distance_rbf=request.param
+    )
     model = CrystalDenoiser(cfg).double().eval()
     with torch.no_grad():  # FiLM starts as the identity; give it weight so the test exercises it
         for block in model.blocks:
