@@ -16,7 +16,13 @@ def denoiser(request) -> CrystalDenoiser:
     """Both edge-feature sets: Fourier features of f_j - f_i alone, and with Gaussians of the minimum-image distance."""
     torch.manual_seed(0)
     cfg = DenoiserConfig(
-        hidden_dim=32, num_layers=2, num_freqs=4, time_dim=16, cond_dim=COND_DIM, num_heads=2, distance_rbf=request.param
+        hidden_dim=32,
+        num_layers=2,
+        num_freqs=4,
+        time_dim=16,
+        cond_dim=COND_DIM,
+        num_heads=2,
+        distance_rbf=request.param,
     )
     model = CrystalDenoiser(cfg).double().eval()
     with torch.no_grad():  # FiLM starts as the identity; give it weight so the test exercises it
