@@ -148,8 +148,12 @@ class CrystalDenoiser(nn.Module):
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))  # always attendable: no empty softmax
         nn.init.normal_(self.null_token, std=0.02)
         self.fourier = FourierFeatures(cfg.num_freqs)
+        if cfg.distance_rbf < 0 or cfg.distance_cutoff <= 0:
+            raise ValueError(
+                f"distance_rbf must be >= 0 and distance_cutoff > 0 Å, got {cfg.distance_rbf} and {cfg.distance_cutoff}"
+            )
         self.distance_basis = GaussianRBF(cfg.distance_rbf, cfg.distance_cutoff) if cfg.distance_rbf > 0 else None
-        edge_dim = len(_GRAM_ROWS) + 3 * self.fourier.output_dim_per_input + max(cfg.distance_rbf, 0)
+        edge_dim = len(_GRAM_ROWS) + 3 * self.fourier.output_dim_per_input + cfg.distance_rbf
         self.blocks = nn.ModuleList(
             ConditionedBlock(dim, edge_dim, cfg.num_heads, cfg.cross_attention, cfg.dropout)
             for _ in range(cfg.num_layers)
@@ -171,7 +175,7 @@ class CrystalDenoiser(nn.Module):
         parts = [gram[noisy.batch[receiver]], self.fourier(frac_diff)]
         if self.distance_basis is not None:
             cells = noisy.lattice[noisy.batch[receiver]].to(frac_diff.dtype)  # (E, 3, 3) Å
-            parts.append(self.distance_basis(minimum_image_distances(frac_diff, cells)).to(frac_diff.dtype))
+            parts.append(self.distance_basis(minimum_image_distances(frac_diff, cells)))
         return edge_index, torch.cat(parts, dim=-1).to(self.null_token.dtype)
 
     def _condition(self, cond: Condition | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

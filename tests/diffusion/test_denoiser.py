@@ -116,3 +116,9 @@ def test_condition_and_time_change_the_output(denoiser, noisy_and_cond):
     torch.testing.assert_close(base.coords[~conditioned], uncond.coords[~conditioned], **TOL)
     later = _run(denoiser, noisy, (t + 0.3).clamp(max=1.0), cond)
     assert (later.lattice - base.lattice).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("bad", [dict(distance_rbf=-1), dict(distance_rbf=8, distance_cutoff=0.0)])
+def test_distance_features_refuse_bad_settings(bad):
+    with pytest.raises(ValueError, match="distance_rbf"):
+        CrystalDenoiser(DenoiserConfig(hidden_dim=16, num_layers=1, num_heads=2, **bad))
